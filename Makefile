@@ -14,7 +14,7 @@ ifneq ($(wildcard ../shared/data),)
 export TBR_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup setup-browser demo test lint bench clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml requirements-models.txt
@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml requirements-models.txt
 demo: setup
 	$(BIN)/tbr run configs/demo.yaml
 
-test: setup
+test: setup setup-browser
 	$(BIN)/python -m pytest -q -ra tests
 
 lint: setup
@@ -40,3 +40,9 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# Headless Chromium for the report's browser test (Debian package; the test skips without it).
+# Best effort: without root or a package mirror the browser test skips and says why.
+setup-browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	  || echo "warning: could not install chromium; the report browser test will be skipped"

@@ -1,0 +1,293 @@
+"""`tbr run EXPERIMENT.yaml`: the whole experiment, in order, resumable.
+
+    reflect (per source) → build (per γ) → train (per γ and source) → eval → general → report
+
+Every stage writes into its own directory, named by a hash of its inputs (its config plus the keys of
+the stages it reads), and marks completion with DONE.json. A rerun skips finished stages; a stage
+killed half-way resumes through its own write-ahead files (generation, verdicts, trainer checkpoints),
+so no sample is lost or produced twice. This module is the only one that knows the order of stages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tbr.config import build, load_yaml, opt, write_manifest
+from tbr.errors import ConfigError
+from tbr.io import stable_hash, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("internal", "external")
+
+
+@dataclass
+class RunConfig:
+    experiment: str = opt("", "experiment YAML (see configs/)", positional=True, nargs="?")
+    out: str | None = opt(None, "run directory (default: the experiment's `out`, else runs/<name>)")
+    plan: bool = opt(False, "print the stage plan and exit without running anything")
+
+
+@dataclass
+class Experiment:
+    """The experiment file. Stage sections hold overrides for that stage's config dataclass."""
+
+    name: str = "experiment"
+    description: str = ""
+    out: str | None = None
+    model: str = "smollm2-135m-instruct"
+    data_dir: str | None = None
+    seed: int = 0
+    gammas: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    sources: list[str] = field(default_factory=lambda: ["internal"])
+    evaluate_base: bool = True  # also evaluate the model before fine-tuning
+    base_format: str = "chat"  # the untuned model is asked through its own chat template
+    # External reflection endpoint: {api_base, api_model} or {serve: <built-in name>} to start llama.cpp.
+    external: dict[str, Any] = field(default_factory=dict)
+    reflect: dict[str, Any] = field(default_factory=dict)
+    build: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    eval: dict[str, Any] = field(default_factory=dict)
+    general: dict[str, Any] | None = field(default_factory=dict)  # null skips general ability
+    report: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        bad = [s for s in self.sources if s not in SOURCES]
+        if bad:
+            raise ConfigError(f"unknown reflection source(s) {bad}; use {', '.join(SOURCES)}")
+        if any(not 0.0 <= g <= 1.0 for g in self.gammas):
+            raise ConfigError(f"gammas must lie in [0, 1], got {self.gammas}")
+        if any(g > 0 for g in self.gammas) and not self.sources:
+            raise ConfigError("a gamma above 0 needs at least one reflection source")
+        if "external" in self.sources and not (self.external.get("api_base") or self.external.get("serve")):
+            raise ConfigError("the external source needs external.api_base (+ api_model) or external.serve")
+
+
+@dataclass
+class Stage:
+    kind: str  # reflect | build | train | eval | general
+    label: str  # human-readable, e.g. "internal-g1.0"
+    values: dict[str, Any]  # the stage config minus its output directory
+    deps: list[Stage] = field(default_factory=list)
+    variant: dict[str, Any] | None = None  # for eval/general: which model variant this measures
+
+    @property
+    def key(self) -> str:
+        return stable_hash({"kind": self.kind, "values": self.values, "deps": [d.key for d in self.deps]}, 10)
+
+    @property
+    def dirname(self) -> str:
+        return f"{self.kind}/{self.label}-{self.key}"
+
+
+def plan(exp: Experiment) -> list[Stage]:
+    """Expand the experiment into an ordered list of stages."""
+    base = {"model": exp.model, "seed": exp.seed}
+    data = {"data_dir": exp.data_dir} if exp.data_dir else {}
+    stages: list[Stage] = []
+    reflections: dict[str, Stage] = {}
+    for src in exp.sources if any(g > 0 for g in exp.gammas) else []:
+        values = {**exp.reflect, **base, **data, "source": src}
+        if src == "external":
+            ext = {k: v for k, v in exp.external.items() if k in ("api_base", "api_model", "api_key_env")}
+            values.update(ext, api_model=exp.external.get("api_model") or exp.external.get("serve"))
+            values["serve"] = exp.external.get("serve")
+        reflections[src] = Stage("reflect", src, values)
+        stages.append(reflections[src])
+
+    models: list[dict[str, Any]] = []
+    if exp.evaluate_base:
+        models.append({"name": "base", "source": "base", "gamma": None, "train": None})
+    for gamma in sorted(set(exp.gammas)):
+        # γ=0 carries no reflection, so it is one baseline shared by every source ("w/o" in Table 3).
+        for src in ["none"] if gamma == 0 else exp.sources:
+            bvalues = {**exp.build, **data, "seed": exp.seed, "gamma": gamma}
+            # γ=0 reads the first source's reflection file too (and ignores the reflections), so the
+            # baseline is trained on the very same safety prompts as the TBR models ("the same dataset
+            # where responses to the harmful inputs exclude rationale", §5).
+            refl = reflections.get(src) or (reflections[exp.sources[0]] if reflections else None)
+            deps = [refl] if refl else []
+            label = "wo-g0.0" if gamma == 0 else f"{src}-g{gamma:g}"
+            b = Stage("build", label, bvalues, deps)
+            t = Stage("train", label, {**exp.train, **base}, [b])
+            stages += [b, t]
+            models.append(
+                {
+                    "name": "w/o" if gamma == 0 else f"{src} γ={gamma:g}",
+                    "source": src,
+                    "gamma": gamma,
+                    "train": t,
+                }
+            )
+    for m in models:
+        deps = [m["train"]] if m["train"] else []
+        label = "base" if m["train"] is None else m["train"].label
+        variant = {k: v for k, v in m.items() if k != "train"}
+        # Fine-tuned models are asked in the template they were trained on; the base model in its own.
+        fmt = exp.build.get("template", "alpaca") if deps else exp.base_format
+        ev = {"format": fmt, **exp.eval, **data, "seed": exp.seed}
+        stages.append(Stage("eval", label, ev if deps else {**ev, "model": exp.model}, deps, variant))
+        if exp.general is not None:
+            gv = {**exp.general, **data}
+            stages.append(Stage("general", label, gv if deps else {**gv, "model": exp.model}, deps, variant))
+    return stages
+
+
+# ----------------------------------------------------------------------------- executing stages
+
+
+def _port_for(key: str) -> int | None:
+    """A port fixed by the stage key, so a resumed stage talks to the "same" endpoint: the endpoint URL is
+    part of the generation cache key. Falls back to any free port if it is taken (then it regenerates)."""
+    port = 20000 + int(key, 16) % 20000
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return None
+    return port
+
+
+@contextlib.contextmanager
+def _external_server(values: dict[str, Any], key: str) -> Iterator[dict[str, Any]]:
+    """Start llama.cpp for external reflection when asked; always stop it, even if the stage fails."""
+    serve = values.pop("serve", None)
+    if not serve or values.get("api_base"):
+        yield values
+        return
+    from tbr.serve import LlamaServer
+
+    with LlamaServer(serve, port=_port_for(key)) as server:
+        log.info("started local OpenAI-compatible server for %s at %s", serve, server.base_url)
+        yield {**values, "api_base": server.base_url, "api_model": server.model}
+    log.info("stopped the local server")
+
+
+def _execute(stage: Stage, out: Path, root: Path) -> dict[str, Any]:
+    """Run one stage into `out` and return what downstream stages need to know about it."""
+    values = dict(stage.values)
+    deps = {d.kind: root / d.dirname for d in stage.deps}
+    if stage.kind == "reflect":
+        from tbr.reflect import ReflectConfig, reflect
+
+        with _external_server(values, stage.key) as v:
+            reflect(build(ReflectConfig, {**v, "out": str(out)}, source=f"stage {stage.dirname}"))
+        return {}
+    if stage.kind == "build":
+        from tbr.build import BuildConfig
+        from tbr.build import build as build_set
+
+        if "reflect" in deps:
+            values["reflections"] = str(deps["reflect"])
+        build_set(build(BuildConfig, {**values, "out": str(out)}, source=f"stage {stage.dirname}"))
+        return {}
+    if stage.kind == "train":
+        from tbr.train import TrainConfig, train
+
+        path = train(
+            build(
+                TrainConfig,
+                {**values, "data": str(deps["build"]), "out": str(out)},
+                source=f"stage {stage.dirname}",
+            )
+        )
+        return {"checkpoint": str(path)}
+    if stage.kind in ("eval", "general"):
+        if "train" in deps:
+            values["model"] = json.loads((deps["train"] / "DONE.json").read_text())["checkpoint"]
+        if stage.kind == "eval":
+            from tbr.evaluate import EvalConfig, evaluate
+
+            evaluate(build(EvalConfig, {**values, "out": str(out)}, source=f"stage {stage.dirname}"))
+        else:
+            from tbr.general import GeneralConfig, general
+
+            general(build(GeneralConfig, {**values, "out": str(out)}, source=f"stage {stage.dirname}"))
+        return {}
+    raise ConfigError(f"unknown stage kind {stage.kind}")
+
+
+def _fmt_s(s: float) -> str:
+    return f"{int(s // 3600)}:{int(s % 3600 // 60):02d}:{int(s % 60):02d}"
+
+
+def execute(exp: Experiment, root: Path, *, progress: Callable[[str], None] = print) -> Path:
+    stages = plan(exp)
+    root.mkdir(parents=True, exist_ok=True)
+    write_manifest(root, "run", exp, extra={"plan": [s.dirname for s in stages]})
+    t0, durations = time.time(), {}
+    for i, stage in enumerate(stages, 1):
+        out = root / stage.dirname
+        done = out / "DONE.json"
+        if done.exists():
+            progress(f"[{i}/{len(stages)}] {stage.dirname}: done earlier, skipped")
+            continue
+        # Time left: mean duration of finished stages of the same kind, times the stages still to run.
+        left = sum(durations.get(s.kind, 0.0) for s in stages[i - 1 :])
+        progress(
+            f"[{i}/{len(stages)}] {stage.dirname}: running (elapsed {_fmt_s(time.time() - t0)}"
+            + (f", est. left ≥ {_fmt_s(left)})" if left else ")")
+        )
+        out.mkdir(parents=True, exist_ok=True)
+        s0 = time.time()
+        info = _execute(stage, out, root)
+        write_json_atomic(done, {"stage": stage.kind, "key": stage.key, "seconds": time.time() - s0, **info})
+        durations[stage.kind] = time.time() - s0
+    wall = time.time() - t0
+    variants = []
+    for s in stages:
+        if s.kind == "eval":
+            gen = next((g for g in stages if g.kind == "general" and g.variant == s.variant), None)
+            train = s.deps[0] if s.deps else None
+            variants.append(
+                {
+                    **(s.variant or {}),
+                    "model": exp.model,
+                    "eval_dir": s.dirname,
+                    "general_dir": gen.dirname if gen else None,
+                    "train_dir": train.dirname if train else None,
+                }
+            )
+    runs_json = root / "runs.json"
+    previous = json.loads(runs_json.read_text()) if runs_json.exists() else {}
+    write_json_atomic(
+        runs_json,
+        {
+            "experiment": exp.name,
+            "variants": variants,
+            "wall_time_s": previous.get("wall_time_s", 0.0) + wall,
+            "stage_seconds": {
+                s.dirname: json.loads((root / s.dirname / "DONE.json").read_text())["seconds"] for s in stages
+            },
+        },
+    )
+    from tbr.report import report
+
+    report([str(root)], str(root), **exp.report)
+    progress(f"done in {_fmt_s(wall)}; report: {root / 'report.html'}")
+    return root
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    return build(Experiment, load_yaml(path), source=str(path))
+
+
+def run(cfg: RunConfig) -> int:
+    if not cfg.experiment:
+        raise ConfigError("usage: tbr run EXPERIMENT.yaml")
+    exp = load_experiment(cfg.experiment)
+    root = Path(cfg.out or exp.out or f"runs/{exp.name}")
+    if cfg.plan:
+        for s in plan(exp):
+            print(f"{s.dirname:40} {json.dumps(s.values, default=str)[:150]}")
+        return 0
+    execute(exp, root)
+    return 0
