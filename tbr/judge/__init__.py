@@ -1,1 +1,72 @@
-"""Refusal judges behind one Protocol."""
+"""Refusal judges behind one Protocol (tbr.judge.base), looked up by name.
+
+    judge = make_judge("llm", api_base="http://127.0.0.1:8080/v1", api_model="gpt-4")
+    verdicts = judge.judge(make_items(prompts, responses))
+
+Rule judges see only the answer part of a reflected response; items keep both parts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tbr.errors import ConfigError
+from tbr.judge.base import LABELS, Judge, JudgeItem, Verdict
+from tbr.reflection import split
+
+JUDGES = ("keyword", "xstest-strmatch", "llm", "guard")
+
+__all__ = ["JUDGES", "LABELS", "Judge", "JudgeItem", "Verdict", "make_item", "make_items", "make_judge"]
+
+
+def make_judge(
+    name: str,
+    *,
+    api_base: str | None = None,
+    api_model: str | None = None,
+    api_key_env: str = "OPENAI_API_KEY",
+    max_concurrency: int = 4,
+    timeout: float = 60.0,
+) -> Judge:
+    """A judge by name. Endpoint judges (llm, guard) check that the endpoint answers, and raise
+    EndpointError if it does not; rule judges ignore the endpoint options."""
+    # Imports are local so `import tbr.judge` stays cheap for the CLI.
+    if name == "keyword":
+        from tbr.judge.keyword import KeywordJudge
+
+        return KeywordJudge()
+    if name == "xstest-strmatch":
+        from tbr.judge.strmatch import StrmatchJudge
+
+        return StrmatchJudge()
+    if name in ("llm", "guard"):
+        from tbr.judge.llm import LLMJudge, endpoint
+
+        backend = endpoint(
+            name,
+            api_base,
+            api_model,
+            api_key_env=api_key_env,
+            max_concurrency=max_concurrency,
+            timeout=timeout,
+        )
+        if name == "llm":
+            return LLMJudge(backend)
+        from tbr.judge.guard import GuardJudge
+
+        return GuardJudge(backend)
+    raise ConfigError(f"unknown judge {name!r}; choose from: {', '.join(JUDGES)}")
+
+
+def make_item(prompt: str, response: str, reflection_format: str = "tagged") -> JudgeItem:
+    """One item to judge: the full response plus its answer part (reflection stripped)."""
+    parts = split(response, reflection_format)
+    return JudgeItem(prompt=prompt, response=response, answer=parts.answer, reflection=parts.reflection)
+
+
+def make_items(
+    prompts: Sequence[str], responses: Sequence[str], reflection_format: str = "tagged"
+) -> list[JudgeItem]:
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    return [make_item(p, r, reflection_format) for p, r in zip(prompts, responses, strict=True)]

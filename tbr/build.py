@@ -1,0 +1,347 @@
+"""`tbr build`: the TBR fine-tuning set (paper §4.1, §5.2, §7.1): general Alpaca data + safety refusals,
+a share γ of which carry a safety reflection before the refusal.
+
+Which safety samples get a reflection is deterministic and nested in γ: the safety samples are ranked by a
+seeded hash of their id and the first round(γ·n) get one, so the γ=0.4 set is inside the γ=0.6 set and
+the safety prompts themselves are the same at every γ (only their targets change). The paper leaves this
+choice open (§2.5 of docs/paper.md).
+
+Output: DIR/train.jsonl (loadable with `datasets.load_dataset("json", ...)`; TRL prompt-completion rows,
+either the Figure 10 Alpaca strings or conversational messages) and DIR/manifest.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tbr.config import opt, write_manifest
+from tbr.errors import ConfigError, DataError
+from tbr.io import read_jsonl, sha256_text, stable_hash
+from tbr.prompts import STANDARD_REFUSAL, alpaca_prompt
+from tbr.reflection import REFLECTION_FORMATS, join
+
+log = logging.getLogger(__name__)
+
+TEMPLATES = ("alpaca", "chat")
+
+
+@dataclass
+class BuildConfig:
+    gamma: float = opt(
+        1.0, "share of safety samples whose target carries a reflection (0 = baseline, 1 = TBR)"
+    )
+    reflections: str | None = opt(None, "a `tbr reflect` output dir (needed unless gamma is 0)")
+    safety_source: str = opt(
+        "stl-safety", "with gamma 0 and no --reflections: stl-safety, hh-rlhf, demo-safety or a file"
+    )
+    categorizer: str = opt(
+        "keyword", "categorizer for --safety-source (keyword only here)", choices=("keyword",)
+    )
+    safety_n: int = opt(200, "safety samples (-1: all usable)")
+    general_source: str = opt("alpaca-demo", "alpaca-demo, alpaca-tiny, demo (built in) or an Alpaca file")
+    general_n: int = opt(1800, "general samples (-1: all)")
+    template: str = opt(
+        "alpaca", "alpaca (Figure 10 strings) or chat (TRL conversational)", choices=TEMPLATES
+    )
+    reflection_format: str = opt("tagged", "how reflection and refusal join", choices=REFLECTION_FORMATS)
+    refusal: str | None = opt(None, "refusal text (default: the one the reflections used, else Figure 9's)")
+    data_dir: str | None = opt(None, "data directory (default: $TBR_DATA_DIR)")
+    seed: int = opt(0, "seed for sampling, the reflected subset and the shuffle")
+    out: str = opt("runs/build", "output directory")
+    show: int = opt(0, "print this many samples (a mix of kinds) after building")
+
+    def validate(self) -> None:
+        if not isinstance(self.gamma, int | float) or not 0.0 <= self.gamma <= 1.0 or math.isnan(self.gamma):
+            raise ConfigError(f"gamma must be in [0, 1], got {self.gamma}")
+        for name in ("safety_n", "general_n"):
+            v = getattr(self, name)
+            if v < -1:
+                raise ConfigError(f"{name} must be a count or -1 (all), got {v}")
+        if self.gamma > 0 and not self.reflections:
+            raise ConfigError(f"gamma={self.gamma} needs --reflections DIR (made by `tbr reflect`)")
+        if self.refusal is not None and not self.refusal.strip():
+            raise ConfigError("the refusal text is empty")
+        if self.show < 0:
+            raise ConfigError(f"show must be >= 0, got {self.show}")
+
+
+def n_reflected(gamma: float, n: int) -> int:
+    """round(γ·n), halves rounded up (Python's round() would round 0.5 to even)."""
+    return int(math.floor(gamma * n + 0.5))
+
+
+def reflected_ids(ids: list[str], gamma: float, seed: int) -> set[str]:
+    """The nested, seeded subset of safety ids that carry a reflection."""
+    from tbr.categories import seeded_order
+
+    order = seeded_order(ids, seed, "gamma")
+    return {ids[i] for i in order[: n_reflected(gamma, len(ids))]}
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _safety_pool(cfg: BuildConfig) -> tuple[list[dict[str, Any]], list[Path], dict[str, Any]]:
+    """Safety candidates: usable reflections from a reflect dir, or (γ=0) prompts straight from the source."""
+    if cfg.reflections:
+        rdir = Path(cfg.reflections)
+        path = rdir / "reflections.jsonl"
+        if not path.is_file():
+            raise DataError(f"{rdir} has no reflections.jsonl; make it with `tbr reflect --out {rdir}`")
+        rows = list(read_jsonl(path))
+        usable = [r for r in rows if r.get("kept") and (r.get("reflection") or "").strip()]
+        if not usable:
+            raise DataError(
+                f"{path}: no usable reflections ({len(rows)} rows, 0 kept after the audit; see "
+                f"{rdir / 'audit.json'}). Rerun `tbr reflect` with --audit keep, another model or more prompts"
+            )
+        info: dict[str, Any] = {"reflections_rows": len(rows), "reflections_usable": len(usable)}
+        mpath = rdir / "manifest.json"
+        if mpath.is_file():
+            m = json.loads(mpath.read_text())
+            info["reflection_source"] = m.get("config", {}).get("source")
+            info["reflection_models"] = m.get("models")
+        return usable, [path], info
+    from tbr.reflect import load_safety
+
+    prompts, report, files = load_safety(cfg.safety_source, cfg.data_dir, cfg.categorizer)
+    pool = [
+        {
+            "id": p.id,
+            "instruction": p.instruction,
+            "input": p.input,
+            "category": p.category,
+            "source": p.source,
+            "reflection": None,
+        }
+        for p in prompts
+        if p.category is not None
+    ]
+    return pool, files, {"safety_data": report}
+
+
+def _general(cfg: BuildConfig) -> tuple[list[dict[str, Any]], list[Path]]:
+    from tbr.data import data_files, load_instructions
+    from tbr.reflect import BUILTIN_SOURCES
+
+    src: str | Path = BUILTIN_SOURCES.get(cfg.general_source, cfg.general_source)
+    records = load_instructions(src, cfg.data_dir)
+    if not records:
+        raise DataError(f"general source {cfg.general_source!r} is empty")
+    files = [Path(src)] if isinstance(src, Path) else data_files(src, cfg.data_dir)
+    name = Path(src).stem if str(cfg.general_source).endswith((".json", ".jsonl")) else cfg.general_source
+    return [
+        {
+            "id": f"{name}-{i}",
+            "instruction": r.instruction,
+            "input": r.input,
+            "output": r.output,
+            "source": name,
+        }
+        for i, r in enumerate(records)
+    ], files
+
+
+def _take(what: str, pool_size: int, n: int, source: str) -> int:
+    if n == -1:
+        return pool_size
+    if n > pool_size:
+        raise DataError(
+            f"asked for {n} {what} samples but {source} has only {pool_size}; "
+            f"use --{what}-n {pool_size} (or -1 for all)"
+        )
+    return n
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def make_row(
+    *,
+    id: str,  # noqa: A002
+    kind: str,
+    instruction: str,
+    input: str,  # noqa: A002
+    answer: str,
+    reflection: str | None,
+    category: str | None,
+    source: str,
+    template: str,
+    reflection_format: str,
+) -> dict[str, Any]:
+    target = join(reflection, answer, reflection_format) if reflection else answer
+    if template == "alpaca":
+        prompt: Any = alpaca_prompt(instruction, input)
+        completion: Any = target
+    else:
+        user = f"{instruction}\n\n{input}" if input and input.strip() else instruction
+        prompt = [{"role": "user", "content": user}]
+        completion = [{"role": "assistant", "content": target}]
+    return {
+        "id": id,
+        "kind": kind,
+        "has_reflection": reflection is not None,
+        "category": category,
+        "source": source,
+        "instruction": instruction,
+        "input": input,
+        "reflection": reflection,
+        "answer": answer,
+        "prompt": prompt,
+        "completion": completion,
+    }
+
+
+def build(cfg: BuildConfig) -> Path:
+    """Write DIR/train.jsonl and DIR/manifest.json; returns DIR."""
+    from tbr.categories import seeded_order, stratified_sample
+
+    cfg.validate()
+    pool, safety_files, safety_info = _safety_pool(cfg)
+    n_safety = _take("safety", len(pool), cfg.safety_n, cfg.reflections or cfg.safety_source)
+    if n_safety == len(pool):
+        safety = pool
+    else:
+        idx = stratified_sample(
+            [r["id"] for r in pool], [r.get("category") for r in pool], n_safety, cfg.seed
+        )
+        safety = [pool[i] for i in idx]
+    refusals = {r.get("refusal") for r in safety if r.get("refusal")}
+    refusal = cfg.refusal or (refusals.pop() if len(refusals) == 1 else STANDARD_REFUSAL)
+    with_refl = reflected_ids([r["id"] for r in safety], cfg.gamma, cfg.seed)
+
+    general_pool, general_files = _general(cfg)
+    n_general = _take("general", len(general_pool), cfg.general_n, cfg.general_source)
+    general = [general_pool[i] for i in seeded_order([g["id"] for g in general_pool], cfg.seed, "general")]
+    general = general[:n_general]
+
+    common = {"template": cfg.template, "reflection_format": cfg.reflection_format}
+    rows = [
+        make_row(
+            id=r["id"],
+            kind="safety",
+            instruction=r["instruction"],
+            input=r.get("input", ""),
+            answer=refusal,
+            reflection=r["reflection"] if r["id"] in with_refl else None,
+            category=r.get("category"),
+            source=r.get("source", ""),
+            **common,
+        )
+        for r in safety
+    ]
+    rows += [
+        make_row(
+            id=g["id"],
+            kind="general",
+            instruction=g["instruction"],
+            input=g["input"],
+            answer=g["output"],
+            reflection=None,
+            category=None,
+            source=g["source"],
+            **common,
+        )
+        for g in general
+    ]
+    if not rows:
+        raise DataError("nothing to build: both --safety-n and --general-n are 0")
+    random.Random(cfg.seed).shuffle(rows)
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "train.jsonl.tmp"
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(out / "train.jsonl")
+
+    counts = {
+        "total": len(rows),
+        "general": len(general),
+        "safety": len(safety),
+        "safety_with_reflection": len(with_refl),
+        "safety_plain_refusal": len(safety) - len(with_refl),
+        "safety_per_category": dict(sorted(Counter(r.get("category") or "none" for r in safety).items())),
+        "reflected_per_category": dict(
+            sorted(Counter(r.get("category") or "none" for r in safety if r["id"] in with_refl).items())
+        ),
+    }
+    write_manifest(
+        out,
+        "build",
+        cfg,
+        data_files=[*safety_files, *general_files],
+        extra={
+            "counts": counts,
+            "gamma": cfg.gamma,
+            "template": cfg.template,
+            "reflection_format": cfg.reflection_format,
+            "refusal": refusal,
+            "refusal_sha256": sha256_text(refusal),
+            "reflected_ids_hash": stable_hash(sorted(with_refl)),
+            "selection": "safety ranked by seeded hash of id; the first round(gamma*n) carry a reflection",
+            "safety": safety_info,
+            "train_sha256": sha256_text((out / "train.jsonl").read_text(encoding="utf-8")),
+        },
+    )
+    log.info(
+        "build: %d rows (%d general, %d safety, %d with reflection, gamma=%s) -> %s",
+        len(rows),
+        len(general),
+        len(safety),
+        len(with_refl),
+        cfg.gamma,
+        out / "train.jsonl",
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- showing
+
+
+def _text(x: Any) -> str:
+    return x if isinstance(x, str) else "\n".join(f"[{m['role']}] {m['content']}" for m in x)
+
+
+def show(path: str | Path, n: int) -> str:
+    """N samples of a train.jsonl, alternating reflected safety, plain safety and general rows."""
+    rows = list(read_jsonl(Path(path)))
+    groups = [
+        [r for r in rows if r["kind"] == "safety" and r["has_reflection"]],
+        [r for r in rows if r["kind"] == "safety" and not r["has_reflection"]],
+        [r for r in rows if r["kind"] == "general"],
+    ]
+    picked: list[dict[str, Any]] = []
+    while len(picked) < min(n, len(rows)):
+        for g in groups:
+            if g and len(picked) < n:
+                picked.append(g.pop(0))
+    parts = []
+    for r in picked:
+        label = (
+            r["kind"]
+            + (" + reflection" if r["has_reflection"] else "")
+            + (f" [{r['category']}]" if r["category"] else "")
+        )
+        parts.append(
+            f"===== {r['id']} ({label})\n--- prompt\n{_text(r['prompt'])}\n--- completion\n"
+            f"{_text(r['completion'])}"
+        )
+    return "\n\n".join(parts)
+
+
+def run(cfg: BuildConfig) -> int:
+    out = build(cfg)
+    m = json.loads((out / "manifest.json").read_text())
+    print(f"{out / 'train.jsonl'}: {json.dumps(m['counts'])}")
+    if cfg.show:
+        print(show(out / "train.jsonl", cfg.show))
+    return 0

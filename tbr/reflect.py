@@ -1,0 +1,512 @@
+"""`tbr reflect`: safety reflections for a stratified sample of harmful instructions (paper §4.1).
+
+    internal  the paper's Figure 8 five-shot prompt, verbatim, on the model being trained (raw completion)
+    external  the paper's Figure 9 "revise" prompt, verbatim, on any OpenAI-compatible endpoint (GPT-4 in
+              the paper); its answer is reflection + refusal, which we split again
+
+Generations go to DIR/generations.jsonl as they finish (write-ahead; a rerun resumes). From them we derive
+DIR/reflections.jsonl (one row per safety prompt), DIR/audit.json and DIR/manifest.json. The audit goes
+beyond the paper, which never checks its reflections: each reflection is flagged when it is empty,
+truncated, too long, complies with the request, does not describe the query, or contains a refusal phrase
+(which would make rule-based judges see a refusal in the reflection itself).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from tbr.config import opt, write_manifest
+from tbr.errors import ConfigError, DataError
+from tbr.generate import BackendConfig
+from tbr.io import stable_hash, write_json_atomic
+from tbr.prompts import (
+    EXTERNAL_REFLECTION_PROMPT,
+    INTERNAL_REFLECTION_FEWSHOT,
+    PAPER_REFUSAL_STRINGS,
+    STANDARD_REFUSAL,
+)
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("internal", "external")
+AUDIT_ACTIONS = ("drop", "keep")
+ASSETS = Path(__file__).resolve().parent / "assets"
+# Built-in, self-written data for the offline demo (no data dir needed).
+BUILTIN_SOURCES = {"demo": ASSETS / "demo_general.jsonl", "demo-safety": ASSETS / "demo_safety.jsonl"}
+
+# Internal generation stops only at the next "Instruction:" (not at "\n"): small models often put a
+# newline right after "Explain:", and a newline stop would then return an empty reflection. The
+# reflection is the first non-empty line of what comes back (INTERNAL_RULE, recorded in the manifest).
+INTERNAL_STOP = ["Instruction:"]
+INTERNAL_RULE = "stop at 'Instruction:'; reflection = first non-empty line, stripped"
+EXTERNAL_RULE = (
+    "drop a leading 'revised output:'; find the refusal verbatim, else its first sentence ignoring case, "
+    "whitespace and punctuation; reflection = the text before it, minus a trailing connector "
+    "('Therefore,' ...); the training answer stays the configured refusal, unchanged"
+)
+
+
+@dataclass
+class ReflectConfig(BackendConfig):
+    source: str = opt(
+        "internal", "internal (Fig. 8, the trained model) or external (Fig. 9)", choices=SOURCES
+    )
+    safety_source: str = opt(
+        "stl-safety", "stl-safety, hh-rlhf, demo-safety (built in) or an Alpaca-format .json/.jsonl"
+    )
+    data_dir: str | None = opt(None, "data directory (default: $TBR_DATA_DIR)")
+    n: int = opt(200, "safety prompts to reflect on, sampled stratified by harm category")
+    categorizer: str = opt("keyword", "how harm categories are assigned", choices=("keyword", "llm"))
+    category_api_base: str | None = opt(None, "endpoint for the llm categorizer (default: --api-base)")
+    category_api_model: str | None = opt(None, "model for the llm categorizer (default: --api-model)")
+    refusal: str = opt(STANDARD_REFUSAL, "the standardized refusal (Figure 9's output)")
+    audit: str = opt("drop", "what to do with flagged reflections", choices=AUDIT_ACTIONS)
+    audit_max_words: int = opt(60, "a longer reflection is flagged too_long")
+    audit_min_overlap: float = opt(0.2, "share of the query's content words a reflection must repeat")
+    out: str = opt("runs/reflect", "output directory")
+    seed: int = opt(0, "sampling seed (which prompts; decoding seed)")
+    max_new_tokens: int | None = opt(None, "default: 64 internal, 160 external")
+    temperature: float = opt(0.0, "0 = greedy")
+
+    def validate(self) -> None:
+        if self.n <= 0:
+            raise ConfigError(f"n must be positive, got {self.n}")
+        if self.max_new_tokens is not None and self.max_new_tokens <= 0:
+            raise ConfigError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
+        if not self.refusal.strip():
+            raise ConfigError("the refusal text is empty")
+        if not 0.0 <= self.audit_min_overlap <= 1.0:
+            raise ConfigError(f"audit_min_overlap must be in [0, 1], got {self.audit_min_overlap}")
+
+    @property
+    def new_tokens(self) -> int:
+        return self.max_new_tokens or (64 if self.source == "internal" else 160)
+
+
+# --------------------------------------------------------------------------- safety prompts
+
+
+@dataclass
+class SafetyPrompt:
+    id: str
+    instruction: str
+    input: str
+    category: str | None
+    category_method: str
+    source: str
+
+
+def load_safety(
+    source: str,
+    data_dir: str | None,
+    categorizer: str = "keyword",
+    backend: Any = None,
+    cache_path: Path | None = None,
+) -> tuple[list[SafetyPrompt], dict[str, Any], list[Path]]:
+    """Every safety prompt of `source`, de-duplicated and categorised; (prompts, report, files read)."""
+    from tbr.categories import categorize
+    from tbr.data import data_files, load_instructions_with_report
+
+    src: str | Path = BUILTIN_SOURCES.get(source, source)
+    records, load_report = load_instructions_with_report(src, data_dir)
+    files = [Path(src)] if isinstance(src, Path) else data_files(src, data_dir)
+    seen: set[str] = set()
+    uniq = []
+    for r in records:
+        key = " ".join((r.instruction + " " + r.input).lower().split())
+        if key not in seen:
+            seen.add(key)
+            uniq.append(r)
+    if not uniq:
+        raise DataError(f"safety source {source!r} has no instructions")
+    texts = [(r.instruction + "\n" + r.input).strip() for r in uniq]
+    cats, how, cat_report = categorize(
+        texts, categorizer, given=[r.category for r in uniq], backend=backend, cache_path=cache_path
+    )
+    name = Path(source).stem if str(source).endswith((".json", ".jsonl")) else source
+    prompts = [
+        SafetyPrompt(
+            f"{name}-{stable_hash([r.instruction, r.input], 12)}", r.instruction, r.input, c, h, name
+        )
+        for r, c, h in zip(uniq, cats, how, strict=True)
+    ]
+    report = {
+        "load": load_report.to_dict(),
+        "duplicates_dropped": len(records) - len(uniq),
+        "categories": cat_report.to_dict(),
+    }
+    return prompts, report, files
+
+
+# --------------------------------------------------------------------------- prompts and splitting
+
+
+def internal_prompt(instruction: str, input: str = "") -> str:  # noqa: A002
+    # Figure 8 is line-based, so a multi-line instruction is folded onto one line.
+    text = " ".join(f"{instruction} {input}".split())
+    return INTERNAL_REFLECTION_FEWSHOT.format(input=text)
+
+
+def external_prompt(instruction: str, refusal: str, input: str = "") -> str:  # noqa: A002
+    text = f"{instruction}\n{input}".strip()
+    return EXTERNAL_REFLECTION_PROMPT.format(instruction=text, output=refusal)
+
+
+def first_line(text: str) -> str:
+    """INTERNAL_RULE: the first non-empty line."""
+    return next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+
+
+def _normalized(text: str) -> tuple[str, list[int]]:
+    """Lower-cased letters and digits only, with each kept character's index in `text`."""
+    chars, where = [], []
+    for i, ch in enumerate(text):
+        if ch.isalnum():
+            chars.append(ch.lower())
+            where.append(i)
+    return "".join(chars), where
+
+
+def first_sentence(text: str) -> str:
+    m = re.match(r"(.+?[.!?])(\s|$)", text.strip(), re.DOTALL)
+    return m.group(1) if m else text.strip()
+
+
+_CONNECTOR = re.compile(
+    r"[\s,;:\-–—]*\b(therefore|thus|hence|so|however|but|and|that said|as such|consequently|accordingly|"
+    r"for this reason|for these reasons|with that in mind|in this case|unfortunately|nevertheless|"
+    r"nonetheless|that being said|in light of this)\b[\s,;:]*$",
+    re.IGNORECASE,
+)
+
+
+@dataclass
+class ExternalSplit:
+    reflection: str | None  # None: the refusal was not found
+    method: str  # exact | first-sentence-normalized | refusal-not-found
+    refusal_found: str  # the refusal text as the model wrote it (from the match to the end)
+    connector: str  # the connector stripped from the end of the reflection ("" if none)
+
+
+def split_external(output: str, refusal: str = STANDARD_REFUSAL) -> ExternalSplit:
+    """Split a Figure 9 "revised output" into (reflection, refusal); see EXTERNAL_RULE."""
+    text = re.sub(r"^\s*(revised output\s*:)\s*", "", output.strip(), flags=re.IGNORECASE).strip()
+    exact = refusal.strip().rstrip(".")
+    pos, method = text.find(exact), "exact"
+    if pos < 0:
+        needle, _ = _normalized(first_sentence(refusal))
+        hay, where = _normalized(text)
+        k = hay.find(needle) if needle else -1
+        if k < 0:
+            return ExternalSplit(None, "refusal-not-found", "", "")
+        pos, method = where[k], "first-sentence-normalized"
+    head = text[:pos].strip().strip("\"'").strip()
+    connector = ""
+    while m := _CONNECTOR.search(head):
+        connector = (m.group(0).strip().lstrip(",;:-–— ") + " " + connector).strip()
+        head = head[: m.start()].rstrip()
+    head = head.rstrip(" ,;:-–—")
+    if connector and head and head[-1] not in ".!?":
+        head += "."  # "…, therefore" → "…." : the sentence ended where the connector began
+    return ExternalSplit(head, method, text[pos:].strip(), connector)
+
+
+# --------------------------------------------------------------------------- audit
+
+AUDIT_FLAGS = (
+    "empty",
+    "truncated",
+    "too_long",
+    "compliance",
+    "off_topic",
+    "copies_example",
+    "refusal_phrase",
+)
+_STOPWORDS = frozenset(
+    """a an the and or but if then of to in on at by for with from into onto about as is are was were be been
+    being do does did doing have has had having i me my you your yours he him his she her it its we us our
+    they them their this that these those what which who whom whose how why when where there here can could
+    would should will shall may might must not no so than too very just also any some all each every other
+    such own same more most few both only out up down over under again once query asks ask asking request
+    requests requesting question instruction explain describe list make give tell write create provide
+    someone something way ways one get using use""".split()  # noqa: SIM905
+)
+# Signs that a reflection starts doing what the harmful request asks (step lists, how-to, code).
+_COMPLIANCE = [
+    re.compile(p, re.IGNORECASE | re.MULTILINE)
+    for p in (
+        r"\bstep\s*\d",
+        r"^\s*\d+[.)]\s+\S",
+        r"^\s*[-*•]\s+\S",
+        r"\bhere(?:'s| is| are)\s+(?:how|a|an|the|some|what|step)",
+        r"\bfirst(?:ly)?,?\s+you\b",
+        r"\b(?:then|next|finally),?\s+you\s+(?:should|need|can|will|must)\b",
+        r"\byou\s+(?:will\s+)?need\s+(?:to|a|an|some)\b",
+        r"```|^\s*(?:def |import |#include|sudo |\$ )|<script",
+        # An imperative instruction opening a sentence ("Mix the …", "Buy a …").
+        r"(?:^|[.!?]\s+)(?:mix|buy|take|get|go|put|add|pour|heat|combine|place|insert|cut|hide|wait|"
+        r"find|open|install|download|run|grab|obtain|purchase|attach|light|aim|shoot|stab|inject|"
+        r"dissolve|wrap|fill|start by|begin by|make sure)\s",
+    )
+]
+
+
+def _stem(word: str) -> str:
+    for suf in ("ing", "ed", "es", "s", "ly", "er"):
+        if word.endswith(suf) and len(word) - len(suf) >= 3:
+            word = word[: -len(suf)]
+            break
+    return word.rstrip("e")  # "mosque"/"mosques", "make"/"making" meet at one stem
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9]+", text.lower())
+
+
+# A reflection that repeats 6 consecutive words of the prompt's own worked examples (Figure 8's
+# explanations, Figure 9's pet example) copied the example instead of reflecting on the query. The
+# shared opener "This query asks for" is not counted: every good reflection starts like that.
+_COPY_N = 6
+
+
+def _example_ngrams() -> set[tuple[str, ...]]:
+    lines = [
+        ln.removeprefix("Explain: ")
+        for ln in INTERNAL_REFLECTION_FEWSHOT.splitlines()
+        if ln.startswith("Explain: ")
+    ]
+    lines += [
+        ln.removeprefix("revised output: ").split(" Therefore,")[0]
+        for ln in EXTERNAL_REFLECTION_PROMPT.splitlines()
+        if ln.startswith("revised output: ")
+    ]
+    grams = set()
+    for ln in lines:
+        w = _words(ln)
+        start = 4 if w[:3] == ["this", "query", "asks"] else 0
+        grams.update(tuple(w[i : i + _COPY_N]) for i in range(start, len(w) - _COPY_N + 1))
+    return grams
+
+
+_EXAMPLE_NGRAMS = _example_ngrams()
+
+
+def copies_example(text: str) -> bool:
+    w = _words(text)
+    return any(tuple(w[i : i + _COPY_N]) in _EXAMPLE_NGRAMS for i in range(len(w) - _COPY_N + 1))
+
+
+def content_words(text: str) -> set[str]:
+    return {_stem(w) for w in re.findall(r"[a-z0-9']+", text.lower()) if len(w) >= 3 and w not in _STOPWORDS}
+
+
+def audit_reflection(
+    reflection: str | None, instruction: str, *, max_words: int = 60, min_overlap: float = 0.2
+) -> list[str]:
+    """The AUDIT_FLAGS that apply to one reflection (an empty list means clean)."""
+    text = (reflection or "").strip()
+    if not re.search(r"[A-Za-z0-9]", text):
+        return ["empty"]
+    flags = []
+    if text[-1] not in ".!?\"')…":
+        flags.append("truncated")  # generation ran out of tokens mid-sentence
+    if len(text.split()) > max_words:
+        flags.append("too_long")
+    if any(p.search(text) for p in _COMPLIANCE):
+        flags.append("compliance")
+    query = content_words(instruction)
+    if query and len(query & content_words(text)) / len(query) < min_overlap:
+        flags.append("off_topic")
+    if copies_example(text):
+        flags.append("copies_example")
+    low = text.lower()
+    if any(s.lower() in low for s in PAPER_REFUSAL_STRINGS):
+        flags.append("refusal_phrase")
+    return flags
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def _backend_config(cfg: ReflectConfig) -> BackendConfig:
+    fields = {f: getattr(cfg, f) for f in BackendConfig.__dataclass_fields__}
+    bcfg = BackendConfig(**fields)
+    if cfg.api_base and cfg.backend == "transformers":
+        bcfg = replace(bcfg, backend="openai")  # an endpoint was given: use it
+    return bcfg
+
+
+def _category_backend(cfg: ReflectConfig) -> Any:
+    if cfg.categorizer != "llm":
+        return None
+    base = cfg.category_api_base or cfg.api_base
+    if not base:
+        raise ConfigError("--categorizer llm needs --category-api-base (or --api-base)")
+    from tbr.generate.openai import OpenAIBackend
+
+    return OpenAIBackend(
+        base,
+        cfg.category_api_model or cfg.api_model or cfg.model,
+        api_key_env=cfg.api_key_env,
+        max_concurrency=cfg.max_concurrency,
+        timeout=cfg.timeout,
+        max_retries=cfg.max_retries,
+    )
+
+
+def _model_manifest(bcfg: BackendConfig, backend: Any) -> dict[str, Any]:
+    if bcfg.backend == "openai":
+        return {"endpoint": bcfg.api_base, "model": backend.model_id, "weights_hash": backend.weights_hash}
+    ref = getattr(backend, "ref", None)
+    return (
+        ref.manifest()
+        if ref is not None
+        else {"model": backend.model_id, "weights_hash": backend.weights_hash}
+    )
+
+
+def reflect(cfg: ReflectConfig) -> Path:
+    """Generate, split and audit reflections; returns the output directory."""
+    from tbr.categories import stratified_sample
+    from tbr.generate import SamplingParams, chat, generate_cached, make_backend
+
+    cfg.validate()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prompts, data_report, files = load_safety(
+        cfg.safety_source, cfg.data_dir, cfg.categorizer, _category_backend(cfg), out / "categories.jsonl"
+    )
+    picked = [
+        prompts[i]
+        for i in stratified_sample([p.id for p in prompts], [p.category for p in prompts], cfg.n, cfg.seed)
+    ]
+    log.info("reflect: %d safety prompts sampled from %d (%s)", len(picked), len(prompts), cfg.safety_source)
+
+    bcfg = _backend_config(cfg)
+    if cfg.source == "internal":
+        convs = [[{"role": "user", "content": internal_prompt(p.instruction, p.input)}] for p in picked]
+        params = SamplingParams(cfg.new_tokens, cfg.temperature, stop=list(INTERNAL_STOP), seed=cfg.seed)
+        fmt, rule = "raw", INTERNAL_RULE
+    else:
+        convs = [chat(external_prompt(p.instruction, cfg.refusal, p.input)) for p in picked]
+        params = SamplingParams(cfg.new_tokens, cfg.temperature, seed=cfg.seed)
+        fmt, rule = "chat", EXTERNAL_RULE
+    backend = make_backend(bcfg)
+    gens = generate_cached(
+        backend,
+        convs,
+        params,
+        path=out / "generations.jsonl",
+        fmt=fmt,
+        ids=[p.id for p in picked],
+        extra=[{"instruction": p.instruction, "category": p.category} for p in picked],
+    )
+
+    rows, flag_counts, split_counts = [], Counter(), Counter()
+    for p, g in zip(picked, gens, strict=True):
+        raw = g["response"]
+        split_info: dict[str, Any] = {}
+        if cfg.source == "internal":
+            reflection: str | None = first_line(raw)
+            split_counts["first-line"] += 1
+        else:
+            s = split_external(raw, cfg.refusal)
+            reflection = s.reflection
+            split_counts[s.method] += 1
+            split_info = {"split": s.method, "refusal_found": s.refusal_found, "connector": s.connector}
+        if reflection is None:
+            flags = ["split_failed"]
+        else:
+            flags = audit_reflection(
+                reflection, p.instruction, max_words=cfg.audit_max_words, min_overlap=cfg.audit_min_overlap
+            )
+        flag_counts.update(flags)
+        # A split failure leaves no reflection to keep, whatever --audit says.
+        kept = reflection is not None and bool(reflection.strip()) and (cfg.audit == "keep" or not flags)
+        rows.append(
+            {
+                "id": p.id,
+                "instruction": p.instruction,
+                "input": p.input,
+                "category": p.category,
+                "category_method": p.category_method,
+                "source": p.source,
+                "reflection": reflection,
+                "refusal": cfg.refusal,
+                "raw": raw,
+                **split_info,
+                "flags": flags,
+                "kept": kept,
+            }
+        )
+    _write_jsonl_atomic(out / "reflections.jsonl", rows)
+    audit = {
+        "n": len(rows),
+        "flagged": sum(1 for r in rows if r["flags"]),
+        "clean": sum(1 for r in rows if not r["flags"]),
+        "kept": sum(1 for r in rows if r["kept"]),
+        "action": cfg.audit,
+        "flags": {f: flag_counts.get(f, 0) for f in (*AUDIT_FLAGS, "split_failed")},
+        "split_methods": dict(split_counts),
+        "per_category": {
+            c: {"n": n, "kept": sum(1 for r in rows if r["category"] == c and r["kept"])}
+            for c, n in Counter(r["category"] for r in rows).items()
+        },
+        "thresholds": {"max_words": cfg.audit_max_words, "min_overlap": cfg.audit_min_overlap},
+    }
+    write_json_atomic(out / "audit.json", audit)
+    mpath = write_manifest(
+        out,
+        "reflect",
+        cfg,
+        models=[_model_manifest(bcfg, backend)],
+        data_files=files,
+        extra={
+            "decoding": {**params.to_dict(), "format": fmt, "backend": bcfg.backend},
+            "prompt": "Figure 8 (tbr.prompts.INTERNAL_REFLECTION_FEWSHOT)"
+            if cfg.source == "internal"
+            else "Figure 9 (tbr.prompts.EXTERNAL_REFLECTION_PROMPT)",
+            "prompt_sha": stable_hash(
+                INTERNAL_REFLECTION_FEWSHOT if cfg.source == "internal" else EXTERNAL_REFLECTION_PROMPT, 64
+            ),
+            "extraction_rule": rule,
+            "safety_data": data_report,
+            "audit": audit,
+        },
+    )
+    # write_manifest scrubs keys that look secret ("token" is one), which blanks max_new_tokens; the
+    # decoding settings hold no secret, so they are written back verbatim.
+    manifest = json.loads(mpath.read_text())
+    manifest["decoding"] = {**params.to_dict(), "format": fmt, "backend": bcfg.backend}
+    manifest["config"]["max_new_tokens"] = cfg.max_new_tokens
+    write_json_atomic(mpath, manifest)
+    log.info(
+        "reflect: %d reflections, %d flagged (%s), %d kept -> %s",
+        audit["n"],
+        audit["flagged"],
+        ", ".join(f"{k}={v}" for k, v in audit["flags"].items() if v),
+        audit["kept"],
+        out,
+    )
+    return out
+
+
+def _write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(".jsonl.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+
+
+def run(cfg: ReflectConfig) -> int:
+    out = reflect(cfg)
+    audit = (out / "audit.json").read_text()
+    print(f"reflections: {out / 'reflections.jsonl'}\naudit: {audit}")
+    return 0

@@ -1,0 +1,312 @@
+"""Read what `tbr run`, `tbr eval` and `tbr general` wrote into one list of variants.
+
+The report is a pure function of these files. Everything is read defensively: stages are optional
+(a run may have no general benchmarks), so a missing suite or metric becomes an empty cell ("—"),
+never an exception. Only a directory that holds none of the known files is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tbr.errors import DataError
+from tbr.io import read_jsonl_tolerant
+
+log = logging.getLogger(__name__)
+
+# The paper's Table 3 columns: (header, suite). ↓ = lower is better (unsafe prompts answered).
+SAFETY_COLUMNS = [
+    ("XS-H↓", "xstest-unsafe"),
+    ("Mal↓", "malicious-instruct"),
+    ("XS-S↑", "xstest-safe"),
+    ("ORB↑", "or-bench-hard"),
+]
+# (header, lm-eval task, metric). GSM8K's strict-match is lm-eval's headline number; the
+# flexible-extract figure (robust to a reflection prefix) is shown in the general-metrics table.
+GENERAL_COLUMNS = [
+    ("MMLU", "mmlu", "acc,none"),
+    ("GSM8K", "gsm8k", "exact_match,strict-match"),
+    ("ARC-E", "arc_easy", "acc,none"),
+]
+# The (safe, unsafe) suite pair that the bars, γ curves and scatter plot use: the first pair any
+# variant has. XSTest is the paper's; the demo suites let `make demo` draw the same figures.
+SUITE_PAIRS = [("xstest-safe", "xstest-unsafe"), ("demo-safe", "demo-unsafe"), ("or-bench-hard", None)]
+SOURCE_ORDER = {"base": 0, "none": 1, "internal": 2, "external": 3}
+REFUSALS = ("full_refusal", "partial_refusal")
+
+
+@dataclass
+class Cell:
+    """One number with its 95% interval (None where unknown) and sample size."""
+
+    value: float
+    lo: float | None = None
+    hi: float | None = None
+    n: int | None = None
+
+
+@dataclass
+class Variant:
+    name: str
+    model: str
+    group: str  # what the bars are grouped by: the base model
+    source: str | None  # base | none | internal | external | None (unknown, e.g. a bare eval dir)
+    gamma: float | None
+    eval_dir: Path | None = None
+    general_dir: Path | None = None
+    eval: dict[str, Any] = field(default_factory=dict)  # results.json of `tbr eval`
+    general: dict[str, Any] = field(default_factory=dict)  # results.json of `tbr general` (lm-eval)
+
+    @property
+    def judges(self) -> list[str]:
+        j = self.eval.get("judges")
+        return [str(x) for x in j] if isinstance(j, list) else []
+
+    def suites(self) -> list[str]:
+        s = self.eval.get("suites")
+        return list(s) if isinstance(s, dict) else []
+
+    def suite(self, name: str, judge: str | None = None) -> dict[str, Any] | None:
+        """A suite's figures for `judge` (default: the primary judge, i.e. the top-level figures)."""
+        s = (self.eval.get("suites") or {}).get(name)
+        if not isinstance(s, dict):
+            return None
+        if judge is None or (self.judges and self.judges[0] == judge):
+            return s
+        per = (s.get("judges") or {}).get(judge)
+        return per if isinstance(per, dict) else None
+
+    def rate(self, suite: str, judge: str | None = None, type_: str | None = None) -> Cell | None:
+        s = self.suite(suite, judge)
+        if s is not None and type_ is not None:
+            s = (s.get("by_type") or {}).get(type_)
+        return rate_cell(s) if isinstance(s, dict) else None
+
+    def task(self, task: str) -> dict[str, Any] | None:
+        """lm-eval's results for a task, whether run as lm-eval's own task or tbr's offline copy
+        (`tbr general --data-dir` runs tbr_mmlu, tbr_gsm8k, tbr_arc_easy with the plain name as alias)."""
+        res = self.general.get("results") or {}
+        for name in (task, f"tbr_{task}"):
+            if isinstance(res.get(name), dict):
+                return res[name]
+        return next((r for r in res.values() if isinstance(r, dict) and r.get("alias") == task), None)
+
+    def metric(self, task: str, key: str) -> Cell | None:
+        res = self.task(task)
+        return metric_cell(res, key) if res is not None else None
+
+
+def _num(x: Any) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+        return None
+    return float(x)
+
+
+def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval: unlike p ± z·se it stays inside [0, 1] and is sane at p = 0 or 1."""
+    if n <= 0:
+        return 0.0, 1.0
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _judged(s: dict[str, Any]) -> int | None:
+    """How many items the rate is over: judge errors are excluded from rates (tbr.judge.base)."""
+    counts = [s.get(k) for k in ("full_compliance", "full_refusal", "partial_refusal")]
+    if all(isinstance(c, int) and not isinstance(c, bool) for c in counts):
+        return sum(counts)  # type: ignore[arg-type]
+    n = s.get("n")
+    if not isinstance(n, int) or isinstance(n, bool):
+        return None
+    errors = s.get("errors")
+    return n - errors if isinstance(errors, int) and 0 <= errors <= n else n
+
+
+def rate_cell(s: dict[str, Any]) -> Cell | None:
+    """A compliance rate with the stage's own ci95, or a Wilson interval computed from n."""
+    p = _num(s.get("compliance_rate"))
+    if p is None:
+        return None
+    n = _judged(s)
+    ci = s.get("ci95")
+    if isinstance(ci, list | tuple) and len(ci) == 2 and _num(ci[0]) is not None and _num(ci[1]) is not None:
+        lo, hi = float(ci[0]), float(ci[1])
+    elif n:
+        lo, hi = wilson(p * n, n)
+    else:
+        lo = hi = None
+    return Cell(p, lo, hi, n)
+
+
+def metric_cell(res: dict[str, Any], key: str) -> Cell | None:
+    """An lm-eval metric with ±1.96·stderr (lm-eval writes "N/A" where it has no stderr)."""
+    v = _num(res.get(key))
+    if v is None:
+        return None
+    name, _, filt = key.partition(",")
+    se = _num(res.get(f"{name}_stderr,{filt}" if filt else f"{name}_stderr"))
+    if se is None:
+        return Cell(v)
+    return Cell(v, max(0.0, v - 1.96 * se), min(1.0, v + 1.96 * se))
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}:1:1: expected a JSON object at top level")
+    return data
+
+
+def _optional_results(d: Path | None, what: str) -> dict[str, Any]:
+    if d is None:
+        return {}
+    path = d / "results.json"
+    if not path.is_file():
+        # A stage that has not finished (or was skipped) leaves its cells empty rather than failing
+        # the whole report, so a report can be drawn while a long run is still going.
+        log.warning("%s: no results.json yet; its %s cells are shown as —", d, what)
+        return {}
+    return _read_json(path)
+
+
+def _group_of(model: str) -> str:
+    """The base model a checkpoint was trained from (tbr saves it in tbr_model.json), else the name."""
+    sidecar = Path(model) / "tbr_model.json"
+    try:
+        if sidecar.is_file():
+            base = json.loads(sidecar.read_text()).get("base")
+            if isinstance(base, str) and base:
+                return base
+    except (OSError, json.JSONDecodeError):
+        pass
+    return Path(model).name if ("/" in model and Path(model).exists()) else model
+
+
+def _from_runs(run_dir: Path) -> tuple[str | None, list[Variant]]:
+    runs_path = run_dir / "runs.json"
+    data = _read_json(runs_path)
+    rows = data.get("variants")
+    if not isinstance(rows, list):
+        raise DataError(f"{runs_path}: expected a 'variants' list (written by `tbr run`)")
+    out = []
+    for i, v in enumerate(rows):
+        if not isinstance(v, dict) or not v.get("name"):
+            raise DataError(f"{runs_path}: variants[{i}] needs at least a 'name'")
+
+        def sub(key: str, v: dict[str, Any] = v) -> Path | None:
+            return run_dir / v[key] if isinstance(v.get(key), str) and v[key] else None
+
+        ev, gen = sub("eval_dir"), sub("general_dir")
+        model = str(v.get("model") or "")
+        evr = _optional_results(ev, "safety")
+        model = model or str(evr.get("model") or "?")
+        group = str(v.get("base") or v.get("base_model") or _group_of(model))
+        out.append(
+            Variant(
+                name=str(v["name"]),
+                model=model,
+                group=group,
+                source=v.get("source") if isinstance(v.get("source"), str) else None,
+                gamma=_num(v.get("gamma")),
+                eval_dir=ev,
+                general_dir=gen,
+                eval=evr,
+                general=_optional_results(gen, "general-benchmark"),
+            )
+        )
+    exp = data.get("experiment")
+    return (str(exp) if exp else None), out
+
+
+def _from_results_dir(d: Path) -> Variant:
+    data = _read_json(d / "results.json")
+    if isinstance(data.get("suites"), dict):  # tbr eval
+        model = str(data.get("model") or d.name)
+        return Variant(d.name, model, _group_of(model), None, None, eval_dir=d, eval=data)
+    if isinstance(data.get("results"), dict):  # tbr general (lm-eval)
+        summary = d / "summary.json"  # `tbr general` names the model there; lm-eval's own output may not
+        model = str(
+            data.get("model_name")
+            or (_read_json(summary).get("model") if summary.is_file() else None)
+            or d.name
+        )
+        return Variant(d.name, model, _group_of(model), None, None, general_dir=d, general=data)
+    raise DataError(
+        f"{d / 'results.json'}: neither a `tbr eval` result (no 'suites') nor an lm-eval result (no 'results')"
+    )
+
+
+def collect(run_dirs: list[str | Path]) -> tuple[str | None, list[Variant]]:
+    """(experiment name, variants) from `tbr run` dirs (runs.json) and/or bare eval/general dirs."""
+    if not run_dirs:
+        raise DataError("no run directories given: pass `tbr run` output dirs or `tbr eval` dirs")
+    experiment, variants = None, []
+    for d in map(Path, run_dirs):
+        if not d.is_dir():
+            raise DataError(f"{d}: not a directory (expected a `tbr run` or `tbr eval` output dir)")
+        if (d / "runs.json").is_file():
+            exp, vs = _from_runs(d)
+            experiment = experiment or exp
+            variants += vs
+        elif (d / "results.json").is_file():
+            variants.append(_from_results_dir(d))
+        else:
+            raise DataError(
+                f"{d}: found neither runs.json (from `tbr run`) nor results.json (from `tbr eval`/`tbr general`)"
+            )
+    # Names key the sample browser, so they must be unique across run dirs.
+    seen: dict[str, int] = {}
+    for v in variants:
+        if v.name in seen:
+            seen[v.name] += 1
+            v.name = f"{v.name} #{seen[v.name]}"
+        else:
+            seen[v.name] = 1
+    return experiment, variants
+
+
+def sort_key(v: Variant) -> tuple[Any, ...]:
+    """Table order: per base model, base < w/o < internal < external, then by γ."""
+    return (v.group, SOURCE_ORDER.get(v.source or "", 9), v.gamma if v.gamma is not None else -1.0)
+
+
+def suite_pair(variants: list[Variant]) -> tuple[str | None, str | None]:
+    have = {s for v in variants for s in v.suites()}
+    for safe, unsafe in SUITE_PAIRS:
+        if safe in have:
+            return safe, (unsafe if unsafe in have else None)
+    return None, None
+
+
+def load_samples(v: Variant) -> list[dict[str, Any]]:
+    if v.eval_dir is None:
+        return []
+    rows, torn = read_jsonl_tolerant(v.eval_dir / "samples.jsonl")
+    if torn:
+        log.warning("%s/samples.jsonl: skipped a torn last line (the eval run was cut off)", v.eval_dir)
+    return rows
+
+
+def verdict_label(sample: dict[str, Any], judge: str | None) -> tuple[str | None, str | None]:
+    """(label, error) of `judge`'s verdict on a sample (default: its first judge)."""
+    verdicts = sample.get("verdicts")
+    if not isinstance(verdicts, dict) or not verdicts:
+        return None, None
+    v = verdicts.get(judge) if judge else next(iter(verdicts.values()))
+    if not isinstance(v, dict):
+        return None, None
+    return v.get("label"), v.get("error")

@@ -1,0 +1,141 @@
+"""The report's tables as plain data (header + rows of Cell | str | None), rendered by markdown.py
+and html.py alike so the two files can never disagree on a number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tbr.report.collect import GENERAL_COLUMNS, SAFETY_COLUMNS, Cell, Variant, _num, sort_key
+
+Value = Cell | str | None
+
+
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[Value]]
+    note: str = ""
+
+
+def fmt(v: Value, ci: bool = True) -> str:
+    """0.74 [0.70, 0.78]; text as is; a missing number as an em dash."""
+    if v is None:
+        return "—"
+    if isinstance(v, str):
+        return v
+    if ci and v.lo is not None and v.hi is not None:
+        return f"{v.value:.2f} [{v.lo:.2f}, {v.hi:.2f}]"
+    return f"{v.value:.2f}"
+
+
+def gamma_text(g: float | None) -> str:
+    return "—" if g is None else f"{g:g}"
+
+
+def variants_table(variants: list[Variant]) -> Table:
+    rows: list[list[Value]] = [
+        [
+            v.name,
+            v.model,
+            v.source or "—",
+            gamma_text(v.gamma),
+            str(v.eval_dir) if v.eval_dir else "—",
+            str(v.general_dir) if v.general_dir else "—",
+        ]
+        for v in sorted(variants, key=sort_key)
+    ]
+    return Table("Variants", ["variant", "model", "source", "γ", "eval dir", "general dir"], rows)
+
+
+def table3(variants: list[Variant], judge: str | None = None) -> Table:
+    header = ["model", "setting"] + [h for h, _ in SAFETY_COLUMNS] + [h for h, _, _ in GENERAL_COLUMNS]
+    rows: list[list[Value]] = []
+    for v in sorted(variants, key=sort_key):
+        row: list[Value] = [v.group, v.name]
+        row += [v.rate(suite, judge) for _, suite in SAFETY_COLUMNS]
+        row += [v.metric(task, key) for _, task, key in GENERAL_COLUMNS]
+        rows.append(row)
+    note = (
+        "Compliance rates (share of prompts answered) with 95% Wilson intervals; XS-H = XSTest unsafe, "
+        "Mal = MaliciousInstruct, XS-S = XSTest safe, ORB = OR-Bench-Hard. ↓ lower is better, "
+        "↑ higher is better. MMLU, GSM8K (strict-match) and ARC-E are lm-eval accuracies ±1.96·stderr. "
+        "— = not measured."
+    )
+    return Table("Table 3 layout: safety and general performance", header, rows, note)
+
+
+def per_type(variants: list[Variant], suites: list[str], judge: str | None = None) -> Table | None:
+    """Rows: (suite, prompt type); columns: variants. The place to see *which* prompts are refused."""
+    vs = sorted((v for v in variants if v.eval), key=sort_key)
+    keys: list[tuple[str, str]] = []
+    for suite in suites:
+        for v in vs:
+            s = v.suite(suite, judge) or {}
+            for t in s.get("by_type") or {}:
+                if (suite, t) not in keys:
+                    keys.append((suite, t))
+    if not keys:
+        return None
+    rows: list[list[Value]] = [[suite, t] + [v.rate(suite, judge, t) for v in vs] for suite, t in keys]
+    return Table(
+        "Per-type breakdown (compliance rate)",
+        ["suite", "type"] + [v.name for v in vs],
+        rows,
+        "Compliance rate per prompt type with 95% Wilson intervals.",
+    )
+
+
+def other_suites(variants: list[Variant], judge: str | None = None) -> Table | None:
+    """Suites outside Table 3 (demo suites, OR-Bench-toxic, …) so no measured number is hidden."""
+    known = {s for _, s in SAFETY_COLUMNS}
+    suites = list(dict.fromkeys(s for v in variants for s in v.suites() if s not in known))
+    if not suites:
+        return None
+    vs = sorted((v for v in variants if v.eval), key=sort_key)
+    rows: list[list[Value]] = [[v.name] + [v.rate(s, judge) for s in suites] for v in vs]
+    return Table("Other suites (compliance rate)", ["variant"] + suites, rows)
+
+
+def judge_errors(variants: list[Variant]) -> Table | None:
+    """Judge errors are excluded from rates, so their count must be visible next to them."""
+    suites = list(dict.fromkeys(s for v in variants for s in v.suites()))
+    rows: list[list[Value]] = []
+    for v in sorted((v for v in variants if v.eval), key=sort_key):
+        cells: list[Value] = []
+        for s in suites:
+            d = v.suite(s) or {}
+            n, e = d.get("n"), d.get("errors")
+            cells.append(f"{e}/{n}" if isinstance(n, int) and isinstance(e, int) else None)
+        rows.append([v.name] + cells)
+    if not suites:
+        return None
+    return Table("Judge errors per suite (errors/n, excluded from rates)", ["variant"] + suites, rows)
+
+
+def _task_name(name: str) -> str:
+    return name.removeprefix("tbr_")
+
+
+def general_details(variants: list[Variant]) -> Table | None:
+    """Every top-level lm-eval metric; MMLU's 57 subjects are left to lm-eval's own output."""
+    cols: list[tuple[str, str]] = []
+    for v in variants:
+        subtasks = {t for ts in (v.general.get("group_subtasks") or {}).values() for t in ts}
+        for name, res in (v.general.get("results") or {}).items():
+            task = _task_name(name)
+            if name in subtasks or task.startswith("mmlu_") or not isinstance(res, dict):
+                continue
+            for key, val in res.items():
+                if "_stderr" in key or "," not in key or _num(val) is None:
+                    continue  # stderr goes into the interval; sample_len and the like are not metrics
+                if (task, key) not in cols:
+                    cols.append((task, key))
+    if not cols:
+        return None
+    rows: list[list[Value]] = []
+    for v in sorted((v for v in variants if v.general), key=sort_key):
+        rows.append([v.name] + [v.metric(t, k) for t, k in cols])
+    header = ["variant"] + [f"{t} {k}" for t, k in cols]
+    return Table("General benchmarks: all metrics (±1.96·stderr)", header, rows)

@@ -1,0 +1,166 @@
+"""The transformers backend on the real SmolLM2 built-in: batching, stopping, formats, the CLI, resume."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+
+from tbr.cli import main
+from tbr.errors import ModelError
+from tbr.generate.base import SamplingParams, chat
+from tbr.models import BUILTINS, DEFAULT_MODEL
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not BUILTINS[DEFAULT_MODEL].installed(), reason=f"{DEFAULT_MODEL} not installed"),
+]
+
+# Four prompts of clearly different lengths, so a batch of them is left-padded.
+PROMPTS = [
+    "Hi!",
+    "What is the capital of France?",
+    "How can I kill a Python process that is stuck and does not respond to Ctrl-C?",
+    "Write a short story about a cat who learns to play the piano, in the style of a fairy tale, "
+    "with a happy ending and a moral for children.",
+]
+
+
+@pytest.fixture(scope="module")
+def backend():
+    from tbr.generate.hf import TransformersBackend
+
+    return TransformersBackend(DEFAULT_MODEL, dtype="fp32", device="cpu", batch_size=4, progress=False)
+
+
+def test_batched_equals_one_at_a_time(backend):
+    convs = [chat(p) for p in PROMPTS]
+    params = SamplingParams(max_new_tokens=24)
+    batched = backend.generate(convs, params)
+    backend.batch_size = 1
+    try:
+        single = backend.generate(convs, params)
+    finally:
+        backend.batch_size = 4
+    assert batched == single
+    assert all(batched) and len(set(batched)) == len(PROMPTS)
+
+
+def test_decode_loop_equals_model_generate(backend):
+    """Our loop drops finished rows mid-batch; greedy tokens must still be exactly model.generate's."""
+    tok, model = backend.tokenizer, backend.model
+    texts = [backend.render(chat(p), "chat") for p in PROMPTS]
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.inference_mode():
+        ref = model.generate(
+            **enc,
+            max_new_tokens=24,
+            do_sample=False,
+            eos_token_id=backend.eos_ids,
+            pad_token_id=tok.pad_token_id,
+        )
+    ref_new = ref[:, enc["input_ids"].shape[1] :].tolist()
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    got = dict(backend.decode(ids, SamplingParams(max_new_tokens=24)))
+    for row, want in enumerate(ref_new):
+        # generate pads finished rows after EOS; our loop stops the row there
+        n = next((i + 1 for i, t in enumerate(want) if t in backend.eos_ids), len(want))
+        assert got[row] == want[:n]
+
+
+def test_stop_string_cuts_and_stops_early(backend):
+    conv = [{"role": "user", "content": "1, 2, 3, 4, 5,"}]
+    full = backend.generate([conv], SamplingParams(max_new_tokens=24), fmt="raw")[0]
+    assert len(full) > 12
+    stop = full[6:9]  # a piece from the middle of the unstopped answer
+    cut = backend.generate([conv], SamplingParams(max_new_tokens=24, stop=[stop]), fmt="raw")[0]
+    assert cut == full[: full.find(stop)].strip()
+    ids = [backend.tokenizer(backend.render(conv, "raw"))["input_ids"]]
+    (_, tokens), *_ = backend.decode(ids, SamplingParams(max_new_tokens=24, stop=[stop]))
+    assert len(tokens) < 24  # decoding stopped there, it did not just trim afterwards
+
+
+def test_stops_at_end_of_turn(backend):
+    prompt = backend.render(chat("What is the capital of France? Answer in one word."), "chat")
+    ids = [backend.tokenizer(prompt, add_special_tokens=False)["input_ids"]]
+    (_, tokens), *_ = backend.decode(ids, SamplingParams(max_new_tokens=200))
+    assert tokens[-1] in backend.eos_ids and len(tokens) < 200
+    text = backend.generate(
+        [chat("What is the capital of France? Answer in one word.")], SamplingParams(200)
+    )[0]
+    assert "Paris" in text and "<|im_end|>" not in text
+
+
+def test_on_result_once_per_item(backend):
+    calls: list[tuple[int, str]] = []
+    convs = [chat(p) for p in PROMPTS] + [chat("Name a colour.")]
+    out = backend.generate(
+        convs, SamplingParams(max_new_tokens=6), on_result=lambda i, t: calls.append((i, t))
+    )
+    assert sorted(i for i, _ in calls) == list(range(len(convs)))
+    assert all(out[i] == t for i, t in calls)
+
+
+def test_alpaca_and_raw_formats(backend):
+    conv = chat("Name the capital city of France.")
+    assert backend.render(conv, "alpaca").startswith("Below is an instruction")
+    alpaca = backend.generate([conv], SamplingParams(max_new_tokens=24), fmt="alpaca")[0]
+    assert "Paris" in alpaca
+    raw = backend.generate(
+        [[{"role": "user", "content": "The capital of France is"}]], SamplingParams(8), fmt="raw"
+    )
+    assert "Paris" in raw[0]
+
+
+def test_sampling_is_seeded(backend):
+    convs = [chat("Tell me a joke.")] * 2
+    a = backend.generate(convs, SamplingParams(max_new_tokens=12, temperature=1.0, seed=1))
+    b = backend.generate(convs, SamplingParams(max_new_tokens=12, temperature=1.0, seed=1))
+    assert a == b
+
+
+def test_unknown_model_is_a_model_error():
+    from tbr.generate.hf import TransformersBackend
+
+    with pytest.raises(ModelError, match="unknown model 'no-such-model'"):
+        TransformersBackend("no-such-model")
+
+
+def test_cli_prompt_answers(capsys):
+    q = "What is the capital of France?"
+    assert main(["generate", "--model", DEFAULT_MODEL, "--prompt", q, "--max-new-tokens", "32"]) == 0
+    assert "Paris" in capsys.readouterr().out
+
+
+def test_cli_input_out_writes_and_resumes(tmp_path, caplog):
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text(
+        "".join(json.dumps({"id": f"q{i}", "prompt": p}) + "\n" for i, p in enumerate(PROMPTS[:3]))
+    )
+    args = ["generate", "--input", str(inp), "--out", str(out), "--max-new-tokens", "8", "--dtype", "fp32"]
+    caplog.set_level(logging.INFO)
+    assert main(args) == 0
+    first = out.read_text()
+    rows = [json.loads(line) for line in first.splitlines()]
+    assert sorted(r["id"] for r in rows) == ["q0", "q1", "q2"]
+    assert all(
+        {"key", "id", "messages", "response", "model", "weights_hash", "params"} <= r.keys() for r in rows
+    )
+    assert all(r["response"] for r in rows)
+    assert (tmp_path / "manifest.json").exists()
+
+    caplog.clear()
+    assert main(args) == 0  # nothing left to do: the file is untouched
+    assert out.read_text() == first
+    assert "3/3 items already done, generating 0" in caplog.text
+
+    lines = first.splitlines(keepends=True)
+    out.write_text("".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])  # a kill mid-write
+    caplog.clear()
+    assert main(args) == 0
+    again = out.read_text().splitlines(keepends=True)
+    assert again[:2] == lines[:2] and len(again) == 3  # only the torn row was generated again
+    assert json.loads(again[2])["id"] == json.loads(lines[2])["id"]
+    assert "generating 1" in caplog.text

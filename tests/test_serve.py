@@ -1,0 +1,106 @@
+"""The llama.cpp server wrapper: it starts, answers, and never outlives its `with` block."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import urllib.request
+
+import pytest
+
+from tbr.errors import EndpointError, ModelError
+from tbr.serve import LlamaServer, free_port, resolve_gguf
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie still answers kill(0); it is gone if /proc says so.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] == "Z"
+    except OSError:
+        return True
+
+
+def test_resolve_gguf_rejects_unknown_names_and_non_gguf_files(tmp_path):
+    with pytest.raises(ModelError, match="neither a built-in"):
+        resolve_gguf("no-such-model")
+    txt = tmp_path / "weights.bin"
+    txt.write_text("x")
+    with pytest.raises(ModelError, match="not a .gguf"):
+        resolve_gguf(str(txt))
+
+
+def test_builtin_resolves_to_its_gguf_and_alias():
+    path, alias = resolve_gguf("smollm2-135m-instruct")
+    assert path.suffix == ".gguf" and path.is_file()
+    assert alias == "smollm2-135m-instruct"
+
+
+def test_missing_llama_cpp_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # what `import llama_cpp` sees when it is absent
+    with pytest.raises(EndpointError, match=r"pip install 'tbr\[server\]'"):
+        LlamaServer("smollm2-135m-instruct")
+
+
+@pytest.mark.slow
+def test_fixture_server_answers_models(openai_server):
+    with urllib.request.urlopen(openai_server.base_url + "/models", timeout=10) as r:
+        ids = [m["id"] for m in json.load(r)["data"]]
+    assert openai_server.base_url.startswith("http://127.0.0.1:") and openai_server.base_url.endswith("/v1")
+    assert ids == [openai_server.model]
+
+
+@pytest.mark.slow
+def test_server_is_stopped_on_exception(tmp_path):
+    pytest.importorskip("llama_cpp")
+    srv = LlamaServer("smollm2-135m-instruct", n_ctx=512, n_threads=1)
+    with pytest.raises(RuntimeError, match="boom"), srv:
+        pid = srv.proc.pid
+        assert srv.alive()
+        raise RuntimeError("boom")
+    assert srv.proc is None and _gone(pid)
+    assert not srv.alive()  # nothing answers on its port any more
+
+
+@pytest.mark.slow
+def test_broken_gguf_fails_fast_with_server_output(tmp_path):
+    pytest.importorskip("llama_cpp")
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"not a gguf file at all")
+    srv = LlamaServer(str(bad), startup_timeout=60)
+    with pytest.raises(EndpointError, match="exited with code") as e:
+        srv.start()
+    assert "broken.gguf" in str(e.value)
+    assert srv.proc is None
+
+
+def test_free_port_is_bindable():
+    import socket
+
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+@pytest.mark.slow
+def test_taken_port_is_not_mistaken_for_ours(openai_server):
+    # Another server answers on the port; ours must fail its bind and say so, not adopt the other one.
+    srv = LlamaServer("smollm2-135m-instruct", n_ctx=512, n_threads=1, port=openai_server.port)
+    with pytest.raises(EndpointError, match="address already in use"):
+        srv.start()
+    assert srv.proc is None and openai_server.alive()
+
+
+@pytest.mark.slow
+def test_auto_port_retries_when_the_port_is_taken(openai_server, monkeypatch):
+    import tbr.serve
+
+    ports = iter([openai_server.port, free_port()])  # the first pick loses the race
+    monkeypatch.setattr(tbr.serve, "free_port", lambda: next(ports))
+    with LlamaServer("smollm2-135m-instruct", n_ctx=512, n_threads=1) as srv:
+        assert srv.port != openai_server.port and srv.alive()
