@@ -45,7 +45,9 @@ class BuildConfig:
         "keyword", "categorizer for --safety-source (keyword only here)", choices=("keyword",)
     )
     safety_n: int = opt(200, "safety samples (-1: all usable)")
-    general_source: str = opt("alpaca-demo", "alpaca-demo, alpaca-tiny, demo (built in) or an Alpaca file")
+    general_source: str = opt(
+        "alpaca-demo", "alpaca-demo, alpaca-tiny, demo (built in), an Alpaca file, or a comma list of them"
+    )
     general_n: int = opt(1800, "general samples (-1: all)")
     template: str = opt(
         "alpaca", "alpaca (Figure 10 strings) or chat (TRL conversational)", choices=TEMPLATES
@@ -128,25 +130,32 @@ def _safety_pool(cfg: BuildConfig) -> tuple[list[dict[str, Any]], list[Path], di
 
 
 def _general(cfg: BuildConfig) -> tuple[list[dict[str, Any]], list[Path]]:
+    """General instructions from one source or a comma-separated list (concatenated in the order given)."""
     from tbr.data import data_files, load_instructions
     from tbr.reflect import BUILTIN_SOURCES
 
-    src: str | Path = BUILTIN_SOURCES.get(cfg.general_source, cfg.general_source)
-    records = load_instructions(src, cfg.data_dir)
-    if not records:
-        raise DataError(f"general source {cfg.general_source!r} is empty")
-    files = [Path(src)] if isinstance(src, Path) else data_files(src, cfg.data_dir)
-    name = Path(src).stem if str(cfg.general_source).endswith((".json", ".jsonl")) else cfg.general_source
-    return [
-        {
-            "id": f"{name}-{i}",
-            "instruction": r.instruction,
-            "input": r.input,
-            "output": r.output,
-            "source": name,
-        }
-        for i, r in enumerate(records)
-    ], files
+    rows: list[dict[str, Any]] = []
+    files: list[Path] = []
+    for name in [s.strip() for s in str(cfg.general_source).split(",") if s.strip()]:
+        src: str | Path = BUILTIN_SOURCES.get(name, name)
+        records = load_instructions(src, cfg.data_dir)
+        if not records:
+            raise DataError(f"general source {name!r} is empty")
+        files += [Path(src)] if isinstance(src, Path) else data_files(src, cfg.data_dir)
+        tag = Path(src).stem if name.endswith((".json", ".jsonl")) else name
+        rows += [
+            {
+                "id": f"{tag}-{i}",
+                "instruction": r.instruction,
+                "input": r.input,
+                "output": r.output,
+                "source": tag,
+            }
+            for i, r in enumerate(records)
+        ]
+    if not rows:
+        raise DataError(f"no general source named in {cfg.general_source!r}")
+    return rows, files
 
 
 def _take(what: str, pool_size: int, n: int, source: str) -> int:

@@ -51,6 +51,7 @@ class Experiment:
     evaluate_base: bool = True  # also evaluate the model before fine-tuning
     base_format: str = "chat"  # the untuned model is asked through its own chat template
     # External reflection endpoint: {api_base, api_model} or {serve: <built-in name>} to start llama.cpp.
+    # Any other key overrides the `reflect` section for the external source only (e.g. audit: keep).
     external: dict[str, Any] = field(default_factory=dict)
     reflect: dict[str, Any] = field(default_factory=dict)
     build: dict[str, Any] = field(default_factory=dict)
@@ -88,8 +89,14 @@ class Stage:
         return f"{self.kind}/{self.label}-{self.key}"
 
 
+ENDPOINT_KEYS = ("api_base", "api_model", "api_key_env", "serve")
+
+
 def plan(exp: Experiment) -> list[Stage]:
-    """Expand the experiment into an ordered list of stages."""
+    """Expand the experiment into an ordered list of stages.
+
+    Order: reflections first, then one model at a time (base; then per γ and source: build → train →
+    eval → general), so a run stopped early already holds complete rows for the models it reached."""
     base = {"model": exp.model, "seed": exp.seed}
     data = {"data_dir": exp.data_dir} if exp.data_dir else {}
     stages: list[Stage] = []
@@ -97,15 +104,25 @@ def plan(exp: Experiment) -> list[Stage]:
     for src in exp.sources if any(g > 0 for g in exp.gammas) else []:
         values = {**exp.reflect, **base, **data, "source": src}
         if src == "external":
-            ext = {k: v for k, v in exp.external.items() if k in ("api_base", "api_model", "api_key_env")}
-            values.update(ext, api_model=exp.external.get("api_model") or exp.external.get("serve"))
-            values["serve"] = exp.external.get("serve")
+            ext = exp.external
+            values.update({k: v for k, v in ext.items() if k not in ENDPOINT_KEYS})
+            values.update({k: ext[k] for k in ("api_base", "api_key_env") if k in ext})
+            values.update(api_model=ext.get("api_model") or ext.get("serve"), serve=ext.get("serve"))
         reflections[src] = Stage("reflect", src, values)
         stages.append(reflections[src])
 
-    models: list[dict[str, Any]] = []
+    def measure(label: str, variant: dict[str, Any], train: Stage | None) -> None:
+        deps = [train] if train else []
+        # Fine-tuned models are asked in the template they were trained on; the base model in its own.
+        fmt = exp.build.get("template", "alpaca") if train else exp.base_format
+        ev = {"format": fmt, **exp.eval, **data, "seed": exp.seed}
+        stages.append(Stage("eval", label, ev if train else {**ev, "model": exp.model}, deps, variant))
+        if exp.general is not None:
+            gv = {**exp.general, **data}
+            stages.append(Stage("general", label, gv if train else {**gv, "model": exp.model}, deps, variant))
+
     if exp.evaluate_base:
-        models.append({"name": "base", "source": "base", "gamma": None, "train": None})
+        measure("base", {"name": "base", "source": "base", "gamma": None}, None)
     for gamma in sorted(set(exp.gammas)):
         # γ=0 carries no reflection, so it is one baseline shared by every source ("w/o" in Table 3).
         for src in ["none"] if gamma == 0 else exp.sources:
@@ -114,30 +131,12 @@ def plan(exp: Experiment) -> list[Stage]:
             # baseline is trained on the very same safety prompts as the TBR models ("the same dataset
             # where responses to the harmful inputs exclude rationale", §5).
             refl = reflections.get(src) or (reflections[exp.sources[0]] if reflections else None)
-            deps = [refl] if refl else []
             label = "wo-g0.0" if gamma == 0 else f"{src}-g{gamma:g}"
-            b = Stage("build", label, bvalues, deps)
+            b = Stage("build", label, bvalues, [refl] if refl else [])
             t = Stage("train", label, {**exp.train, **base}, [b])
             stages += [b, t]
-            models.append(
-                {
-                    "name": "w/o" if gamma == 0 else f"{src} γ={gamma:g}",
-                    "source": src,
-                    "gamma": gamma,
-                    "train": t,
-                }
-            )
-    for m in models:
-        deps = [m["train"]] if m["train"] else []
-        label = "base" if m["train"] is None else m["train"].label
-        variant = {k: v for k, v in m.items() if k != "train"}
-        # Fine-tuned models are asked in the template they were trained on; the base model in its own.
-        fmt = exp.build.get("template", "alpaca") if deps else exp.base_format
-        ev = {"format": fmt, **exp.eval, **data, "seed": exp.seed}
-        stages.append(Stage("eval", label, ev if deps else {**ev, "model": exp.model}, deps, variant))
-        if exp.general is not None:
-            gv = {**exp.general, **data}
-            stages.append(Stage("general", label, gv if deps else {**gv, "model": exp.model}, deps, variant))
+            name = "w/o" if gamma == 0 else f"{src} γ={gamma:g}"
+            measure(label, {"name": name, "source": src, "gamma": gamma}, t)
     return stages
 
 

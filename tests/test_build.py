@@ -201,3 +201,16 @@ def test_cli_build_and_show(tmp_path, refl_dir, capsys):
     assert "(safety + reflection [" in text and "(general)" in text and "--- completion" in text
     assert len(show(out / "train.jsonl", 5).split("=====")) == 6
     assert main(["build", "--gamma", "2", "--out", str(out)]) == 2
+
+
+def test_general_sources_concatenate_from_a_comma_list(tmp_path):
+    extra = tmp_path / "mine.jsonl"
+    extra.write_text(
+        "".join(json.dumps({"instruction": f"Say {w}.", "input": "", "output": w}) + "\n" for w in "abc")
+    )
+    rows = _build(tmp_path, "comma", gamma=0.0, safety_source="demo-safety", safety_n=5,
+                  general_source=f"demo, {extra}")  # fmt: skip
+    general = [r for r in rows if r["kind"] == "general"]
+    assert len(general) == 63 and {r["source"] for r in general} == {"demo", "mine"}
+    manifest = json.loads((tmp_path / "comma" / "manifest.json").read_text())
+    assert any(path.endswith("mine.jsonl") for path in manifest["data"])

@@ -1,0 +1,144 @@
+"""tbr.run: the stage plan (order, keys, shared baseline, external overrides), config errors, the
+shipped experiment files, and one tiny real end-to-end run that is rerun and resumed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tbr.config import build
+from tbr.errors import ConfigError
+from tbr.run import Experiment, execute, load_experiment, plan
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _exp(**kw) -> Experiment:
+    return build(Experiment, {"external": {"serve": "qwen2.5-coder-0.5b-instruct"}, **kw})
+
+
+def test_plan_order_and_dependencies():
+    stages = plan(_exp(sources=["internal", "external"], gammas=[0.0, 1.0]))
+    names = [s.dirname.split("-")[0] for s in stages]
+    # reflections first, then one model at a time so a run stopped early holds complete rows
+    assert names[:2] == ["reflect/internal", "reflect/external"]
+    kinds = [s.kind for s in stages[2:]]
+    assert kinds == ["eval", "general"] + ["build", "train", "eval", "general"] * 3
+    seen: set[str] = set()
+    for s in stages:  # every dependency runs before its dependant
+        assert all(d.dirname in seen for d in s.deps), s.dirname
+        seen.add(s.dirname)
+    builds = {s.label: s for s in stages if s.kind == "build"}
+    # the γ=0 baseline reads the first source's reflection stage: the same safety prompts as TBR
+    assert builds["wo-g0.0"].deps[0].label == "internal"
+    assert builds["external-g1"].deps[0].label == "external"
+
+
+def test_keys_are_stable_and_change_with_inputs():
+    a = {s.dirname for s in plan(_exp())}
+    assert a == {s.dirname for s in plan(_exp())}
+    b = {s.dirname for s in plan(_exp(train={"lr": 1e-4}))}
+    changed = a - b
+    # a training change re-keys training and everything downstream of it, not reflections or builds
+    assert changed and all(d.split("/")[0] in ("train", "eval", "general") for d in changed)
+    assert not any(d.startswith(("eval/base", "general/base")) for d in changed)
+
+
+def test_external_overrides_apply_to_the_external_source_only():
+    exp = _exp(
+        sources=["internal", "external"],
+        reflect={"n": 10, "audit": "drop"},
+        external={"serve": "qwen2.5-coder-0.5b-instruct", "audit": "keep"},
+    )
+    refl = {s.label: s.values for s in plan(exp) if s.kind == "reflect"}
+    assert refl["internal"]["audit"] == "drop" and refl["external"]["audit"] == "keep"
+    assert refl["external"]["serve"] == refl["external"]["api_model"] == "qwen2.5-coder-0.5b-instruct"
+    assert "serve" not in refl["internal"]
+
+
+def test_bad_experiments_are_refused():
+    with pytest.raises(ConfigError, match="unknown reflection source"):
+        _exp(sources=["gpt4"])
+    with pytest.raises(ConfigError, match=r"gammas must lie in \[0, 1\]"):
+        _exp(gammas=[0.0, 1.5])
+    with pytest.raises(ConfigError, match="external.api_base"):
+        build(Experiment, {"sources": ["external"]})
+    with pytest.raises(ConfigError, match="unknown"):
+        build(Experiment, {"gamma": [0.5]})  # a typo for `gammas`
+
+
+@pytest.mark.parametrize("name", ["demo", "local-smollm2", "gamma-sweep", "paper"])
+def test_shipped_experiments_parse_and_plan(name):
+    exp = load_experiment(CONFIGS / f"{name}.yaml")
+    stages = plan(exp)
+    trained = {s.label for s in stages if s.kind == "train"}
+    expected = {"wo-g0.0"} | {f"{src}-g{g:g}" for g in exp.gammas if g > 0 for src in exp.sources}
+    assert trained == expected
+    if name == "gamma-sweep":
+        assert sorted(exp.gammas) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+
+
+@pytest.mark.slow
+def test_tiny_run_end_to_end_then_rerun_and_resume(tmp_path):
+    exp = build(
+        Experiment,
+        {
+            "name": "tiny",
+            "gammas": [0.0, 1.0],
+            "sources": ["internal"],
+            "reflect": {"safety_source": "demo-safety", "n": 4, "audit": "keep", "max_new_tokens": 24},
+            "build": {
+                "general_source": "demo",
+                "general_n": 6,
+                "safety_source": "demo-safety",
+                "safety_n": -1,
+            },
+            "train": {
+                "method": "lora",
+                "max_steps": 1,
+                "batch_size": 4,
+                "max_length": 256,
+                "val_fraction": 0.0,
+                "threads": 1,
+            },  # fmt: skip
+            "eval": {"suites": ["demo"], "limit": 3, "max_new_tokens": 8},
+            "general": None,
+        },
+    )
+    root = tmp_path / "run"
+    lines: list[str] = []
+    execute(exp, root, progress=lines.append)
+    stages = plan(exp)
+    assert all((root / s.dirname / "DONE.json").exists() for s in stages)
+    runs = json.loads((root / "runs.json").read_text())
+    assert [v["name"] for v in runs["variants"]] == ["base", "w/o", "internal γ=1"]
+    assert (root / "report.html").stat().st_size > 1000 and (root / "report.md").exists()
+    base_build = next(s for s in stages if s.kind == "build" and s.label == "wo-g0.0")
+    assert (
+        json.loads((root / base_build.dirname / "manifest.json").read_text())["counts"][
+            "safety_with_reflection"
+        ]
+        == 0
+    )
+    refl_build = next(s for s in stages if s.kind == "build" and s.label == "internal-g1")
+    counts = json.loads((root / refl_build.dirname / "manifest.json").read_text())["counts"]
+    assert counts["safety_with_reflection"] == counts["safety"] > 0
+
+    # A rerun does nothing but skip.
+    again: list[str] = []
+    execute(exp, root, progress=again.append)
+    assert sum("skipped" in line for line in again) == len(stages)
+
+    # A crash in the last eval (its DONE mark and one sample lost) resumes only that: no duplicates.
+    ev = next(s for s in reversed(stages) if s.kind == "eval")
+    (root / ev.dirname / "DONE.json").unlink()
+    gen = root / ev.dirname / "generations.jsonl"
+    kept = gen.read_text().splitlines()
+    gen.write_text("\n".join(kept[:-1]) + "\n")
+    resumed: list[str] = []
+    execute(exp, root, progress=resumed.append)
+    assert sum("running" in line for line in resumed) == 1
+    rows = [json.loads(x) for x in (root / ev.dirname / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == len({r["id"] for r in rows}) == len(kept)
