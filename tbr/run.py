@@ -95,8 +95,9 @@ ENDPOINT_KEYS = ("api_base", "api_model", "api_key_env", "serve")
 def plan(exp: Experiment) -> list[Stage]:
     """Expand the experiment into an ordered list of stages.
 
-    Order: reflections first, then one model at a time (base; then per γ and source: build → train →
-    eval → general), so a run stopped early already holds complete rows for the models it reached."""
+    Order: one model at a time (base; then per γ and source: [reflect] → build → train → eval →
+    general), each reflection stage just before the first build that reads it, so a run stopped early
+    already holds complete rows for the models it reached."""
     base = {"model": exp.model, "seed": exp.seed}
     data = {"data_dir": exp.data_dir} if exp.data_dir else {}
     stages: list[Stage] = []
@@ -109,7 +110,6 @@ def plan(exp: Experiment) -> list[Stage]:
             values.update({k: ext[k] for k in ("api_base", "api_key_env") if k in ext})
             values.update(api_model=ext.get("api_model") or ext.get("serve"), serve=ext.get("serve"))
         reflections[src] = Stage("reflect", src, values)
-        stages.append(reflections[src])
 
     def measure(label: str, variant: dict[str, Any], train: Stage | None) -> None:
         deps = [train] if train else []
@@ -132,6 +132,8 @@ def plan(exp: Experiment) -> list[Stage]:
             # where responses to the harmful inputs exclude rationale", §5).
             refl = reflections.get(src) or (reflections[exp.sources[0]] if reflections else None)
             label = "wo-g0.0" if gamma == 0 else f"{src}-g{gamma:g}"
+            if refl and refl not in stages:
+                stages.append(refl)
             b = Stage("build", label, bvalues, [refl] if refl else [])
             t = Stage("train", label, {**exp.train, **base}, [b])
             stages += [b, t]
