@@ -220,7 +220,11 @@ def _fmt_s(s: float) -> str:
     return f"{int(s // 3600)}:{int(s % 3600 // 60):02d}:{int(s % 60):02d}"
 
 
-def execute(exp: Experiment, root: Path, *, progress: Callable[[str], None] = print) -> Path:
+def _say(msg: str) -> None:
+    print(msg, flush=True)  # flushed at once: the progress view must not wait in a pipe's buffer
+
+
+def execute(exp: Experiment, root: Path, *, progress: Callable[[str], None] = _say) -> Path:
     stages = plan(exp)
     root.mkdir(parents=True, exist_ok=True)
     write_manifest(root, "run", exp, extra={"plan": [s.dirname for s in stages]})
