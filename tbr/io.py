@@ -60,8 +60,8 @@ def sha256_file(path: str | Path) -> str:
     return memo[key]
 
 
-def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
-    """Yield one dict per non-blank line; a bad line raises DataError with file:line:column."""
+def read_jsonl_numbered(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, dict) per non-blank line; a bad line raises DataError with file:line:column."""
     path = Path(path)
     with path.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -73,7 +73,13 @@ def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
                 raise DataError(f"{path}:{lineno}:{e.colno}: malformed JSON: {e.msg}") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{lineno}:1: expected a JSON object, got {type(row).__name__}")
-            yield row
+            yield lineno, row
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Yield one dict per non-blank line; a bad line raises DataError with file:line:column."""
+    for _, row in read_jsonl_numbered(path):
+        yield row
 
 
 def read_jsonl_tolerant(path: str | Path) -> tuple[list[dict[str, Any]], int]:

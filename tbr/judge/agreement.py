@@ -18,6 +18,7 @@ from typing import Any
 
 from tbr.config import opt, write_manifest
 from tbr.errors import ConfigError, DataError
+from tbr.io import read_jsonl_numbered
 from tbr.judge.base import LABELS, Verdict
 
 log = logging.getLogger(__name__)
@@ -96,17 +97,7 @@ def read_labelled(path: str | Path) -> list[tuple[str, str, str]]:
             for row in reader:
                 rows.append(_check_row(path, f"{reader.line_num}", row))
     elif path.suffix.lower() in (".jsonl", ".json"):
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}:{e.colno}: malformed JSON: {e.msg}") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}:{lineno}:1: expected a JSON object")
-                rows.append(_check_row(path, f"{lineno}", row))
+        rows += [_check_row(path, f"{lineno}", row) for lineno, row in read_jsonl_numbered(path)]
     else:
         raise DataError(f"{path}: unknown file type; use .csv or .jsonl")
     if not rows:

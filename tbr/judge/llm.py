@@ -8,7 +8,7 @@ anything else, a failed request included, becomes an error verdict, which caller
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from tbr.errors import ConfigError
@@ -78,16 +78,7 @@ class LLMJudge:
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
         replies = self.backend.generate_results([self.conversation(it) for it in items], self.params)
-        out = []
-        for reply in replies:
-            if isinstance(reply, Exception):
-                out.append(Verdict(self.name, None, "", error=f"endpoint failed: {reply}"))
-                continue
-            try:
-                out.append(Verdict(self.name, parse_verdict(reply), reply))
-            except ValueError as e:
-                out.append(Verdict(self.name, None, reply, error=f"unparseable judge output: {e}: {reply!r}"))
-        return out
+        return to_verdicts(self.name, replies, parse_verdict)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -101,6 +92,20 @@ class LLMJudge:
             "sampling": self.params.to_dict(),
             "judged_text": "full response" if self.full_response else "answer part",
         }
+
+
+def to_verdicts(name: str, replies: Sequence[str | Exception], parse: Callable[[str], str]) -> list[Verdict]:
+    """Endpoint replies → verdicts. A failed request or an unparseable reply is an error, never a label."""
+    out = []
+    for reply in replies:
+        if isinstance(reply, Exception):
+            out.append(Verdict(name, None, "", error=f"endpoint failed: {reply}"))
+            continue
+        try:
+            out.append(Verdict(name, parse(reply), reply))
+        except ValueError as e:
+            out.append(Verdict(name, None, reply, error=f"unparseable judge output: {e}: {reply!r}"))
+    return out
 
 
 def endpoint(kind: str, api_base: str | None, api_model: str | None, **kw: Any) -> OpenAIBackend:

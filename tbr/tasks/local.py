@@ -11,12 +11,12 @@ The folder layouts are documented in each data folder's README (see also docs/re
 from __future__ import annotations
 
 import csv
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from tbr.errors import DataError
+from tbr.io import read_jsonl_numbered
 
 MMLU_TEST = "mmlu/test/{subject}_test.csv"
 MMLU_DEV = "mmlu/dev/{subject}_dev.csv"
@@ -50,18 +50,7 @@ def _need(path: Path, what: str) -> Path:
 
 
 def _jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}:{e.colno}: malformed JSON: {e.msg}") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}:1: expected a JSON object, got {type(row).__name__}")
-            rows.append((lineno, row))
+    rows = list(read_jsonl_numbered(path))
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows
