@@ -138,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tbr: interrupted; results written so far are kept and a rerun resumes", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `tbr run X.yaml --plan | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
     return int(rc or 0)
 
 

@@ -104,7 +104,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
                 f.default_factory() if f.default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
             )
         )
-        help_text = f"{f.metadata.get('help', '')} (default: {default!r})"
+        # argparse %-formats help strings: a literal "%" (e.g. "30% slower") must be doubled.
+        help_text = f"{f.metadata.get('help', '')} (default: {default!r})".replace("%", "%%")
         if f.metadata.get("positional"):
             # e.g. `tbr run EXPERIMENT.yaml`, `tbr report RUN_DIR...`
             parser.add_argument(
@@ -207,8 +208,9 @@ _PACKAGES = (
     "vllm",
 )
 
-# Config keys whose *values* must never be written anywhere (we store env-var names instead).
-_SECRET_HINTS = ("api_key", "token", "password", "secret")
+# Config keys whose *values* must never be written anywhere (we store env-var names instead). Matched
+# as whole "_"-separated words, so `hf_token` is secret but `max_new_tokens` is not.
+_SECRET_WORDS = {"token", "password", "secret", "passwd", "credentials", "apikey"}
 
 
 def package_versions() -> dict[str, str | None]:
@@ -249,7 +251,9 @@ def scrub(obj: Any) -> Any:
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
-            secret = any(h in str(k).lower() for h in _SECRET_HINTS) and not str(k).lower().endswith("_env")
+            words = set(str(k).lower().replace("-", "_").split("_"))
+            secret = bool(words & _SECRET_WORDS or "api_key" in str(k).lower())
+            secret = secret and not str(k).lower().endswith("_env")
             out[k] = "<redacted>" if secret and v else scrub(v)
         return out
     if isinstance(obj, list | tuple):

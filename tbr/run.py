@@ -109,6 +109,7 @@ def plan(exp: Experiment) -> list[Stage]:
             values.update({k: v for k, v in ext.items() if k not in ENDPOINT_KEYS})
             values.update({k: ext[k] for k in ("api_base", "api_key_env") if k in ext})
             values.update(api_model=ext.get("api_model") or ext.get("serve"), serve=ext.get("serve"))
+            values["backend"] = "openai"  # external reflections always come from the endpoint
         reflections[src] = Stage("reflect", src, values)
 
     def measure(label: str, variant: dict[str, Any], train: Stage | None) -> None:

@@ -79,3 +79,13 @@ def test_scrub_keeps_env_var_names():
         "nested": {"token": "<redacted>"},
         "x": [{"password": "<redacted>"}],
     }
+
+
+def test_scrub_redacts_secret_words_but_not_token_counts():
+    out = scrub({"hf_token": "hf_x", "OPENAI_API_KEY": "sk", "max_new_tokens": 96, "key": "abc123"})
+    assert out == {
+        "hf_token": "<redacted>",
+        "OPENAI_API_KEY": "<redacted>",
+        "max_new_tokens": 96,
+        "key": "abc123",
+    }

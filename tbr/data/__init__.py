@@ -66,6 +66,7 @@ _INSTRUCTIONS: dict[str, _Entry] = {
     "hh-rlhf": _Entry(instructions.load_hh_rlhf, (instructions.HH_RLHF,)),
     "alpaca-demo": _Entry(instructions.load_alpaca_named, (instructions.ALPACA_DEMO,)),
     "alpaca-tiny": _Entry(instructions.load_alpaca_named, (instructions.ALPACA_TINY,)),
+    "alpaca": _Entry(instructions.load_alpaca_named, (instructions.ALPACA_FULL,)),
 }
 
 PROMPT_SUITES: tuple[str, ...] = tuple(_PROMPTS)

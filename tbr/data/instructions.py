@@ -13,6 +13,7 @@ from .schema import InstructionRecord, LoadReport
 
 ALPACA_DEMO = "alpaca/alpaca_en_demo.json"
 ALPACA_TINY = "alpaca/alpaca_tiny_first100.json"
+ALPACA_FULL = "alpaca/alpaca_data.json"  # the original 52k file; not in our data folder (use the Hub)
 HH_RLHF = "hh-rlhf/harmless-base-test.jsonl"
 
 
@@ -71,9 +72,13 @@ def read_alpaca(path: str | Path, source: str, report: LoadReport) -> list[Instr
 
 
 def load_alpaca_named(source: str, data_dir: Path | None, report: LoadReport) -> list[InstructionRecord]:
-    """`alpaca-demo` (LLaMA-Factory's 999-row demo) or `alpaca-tiny` (the first 100 original Alpaca rows)."""
+    """`alpaca-demo` (LLaMA-Factory's 999-row demo), `alpaca-tiny` (the first 100 original Alpaca rows) or
+    `alpaca` (all 52k original rows: tatsu-lab/alpaca, or alpaca/alpaca_data.json in a data dir)."""
+    split = "train"
     if source == "alpaca-tiny":
-        relpath, hub = ALPACA_TINY, "tatsu-lab/alpaca"
+        relpath, hub, split = ALPACA_TINY, "tatsu-lab/alpaca", "train[:100]"
+    elif source == "alpaca":
+        relpath, hub = ALPACA_FULL, "tatsu-lab/alpaca"
     else:
         relpath, hub = ALPACA_DEMO, None
     if data_dir is not None:
@@ -84,7 +89,7 @@ def load_alpaca_named(source: str, data_dir: Path | None, report: LoadReport) ->
             source, "it is published on GitHub only (hiyouga/LLaMA-Factory data/alpaca_en_demo.json)"
         )
     # The Hub's tatsu-lab/alpaca is the original alpaca_data.json, so its first 100 rows are alpaca-tiny.
-    rows = read_hub(source, hub, split="train[:100]", required=("instruction", "output"), report=report)
+    rows = read_hub(source, hub, split=split, required=("instruction", "output"), report=report)
     return [
         InstructionRecord(
             row.text("instruction"), row.text("input", required=False), row.text("output"), "", source

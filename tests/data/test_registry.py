@@ -27,7 +27,7 @@ def test_suite_and_source_names() -> None:
         "advbench", "harmbench", "strongreject", "jailbreakbench", "stl-malicious", "stl-cona",
         "stl-controversial", "stl-physical-safe", "stl-physical-unsafe", "stl-qharm", "stl-alpaca",
     }  # fmt: skip
-    assert set(INSTRUCTION_SOURCES) == {"stl-safety", "hh-rlhf", "alpaca-demo", "alpaca-tiny"}
+    assert set(INSTRUCTION_SOURCES) == {"stl-safety", "hh-rlhf", "alpaca-demo", "alpaca-tiny", "alpaca"}
 
 
 @pytest.mark.parametrize("suite", PROMPT_SUITES)
@@ -48,7 +48,7 @@ def test_unknown_names_list_the_valid_ones() -> None:
     with pytest.raises(DataError, match="unknown prompt suite 'xtest'; valid suites: xstest, xstest-safe"):
         load_prompts("xtest", FIXTURES)
     with pytest.raises(DataError, match=r"valid sources: stl-safety, .* or a path to an Alpaca-format"):
-        load_instructions("alpaca", FIXTURES)
+        load_instructions("alpacca", FIXTURES)
     with pytest.raises(DataError, match="unknown suite 'nope'"):
         data_files("nope", FIXTURES)
 
@@ -103,8 +103,8 @@ def test_data_files_lists_what_each_name_reads(shared_data: Path) -> None:
     for name in PROMPT_SUITES + INSTRUCTION_SOURCES:
         files = data_files(name, shared_data)
         assert len(files) == 1
-        # OR-Bench is the one set the shared folder lacks; every other path must really be there.
-        assert files[0].is_file() or name.startswith("or-bench"), files
+        # OR-Bench and the full 52k Alpaca are what the shared folder lacks; every other path is there.
+        assert files[0].is_file() or name.startswith("or-bench") or name == "alpaca", files
 
 
 def test_data_files_without_a_dir_and_for_paths() -> None:
