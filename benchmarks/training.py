@@ -46,15 +46,26 @@ SAME_OPT = {"seed": 42, "lr_scheduler": "linear", "warmup_ratio": 0.0}
 
 # name → (description, SFTConfig extras for a TRL run | TrainConfig overrides for a tbr run)
 CONFIGS: dict[str, tuple[str, dict]] = {
-    "trl-default": ("TRL SFTTrainer, default SFTConfig (+use_cpu): bf16 autocast, grad. ckpt, random batches",
-                    {"trl": {}}),  # fmt: skip
-    "trl-fp32": ("TRL SFTTrainer defaults but bf16=False: fp32, grad. ckpt, random batches",
-                 {"trl": {"bf16": False}}),  # fmt: skip
-    "tbr-full": ("tbr full FT: fp32 (bf16 auto = off here), no grad. ckpt, length-grouped batches",
-                 {"tbr": {"method": "full", **SAME_OPT}}),  # fmt: skip
-    "tbr-full-random": ("tbr full FT with TRL's random batches (for a batch-for-batch loss comparison)",
-                        {"tbr": {"method": "full", "group_by_length": False, **SAME_OPT}}),  # fmt: skip
-    "tbr-lora": ("tbr LoRA r16 all-linear (lr 2e-4), fp32, length-grouped", {"tbr": {"method": "lora", **SAME_OPT}}),
+    "trl-default": (
+        "TRL SFTTrainer, default SFTConfig (+use_cpu): bf16 autocast, grad. ckpt, random batches",
+        {"trl": {}},
+    ),  # fmt: skip
+    "trl-fp32": (
+        "TRL SFTTrainer defaults but bf16=False: fp32, grad. ckpt, random batches",
+        {"trl": {"bf16": False}},
+    ),  # fmt: skip
+    "tbr-full": (
+        "tbr full FT: fp32 (bf16 auto = off here), no grad. ckpt, length-grouped batches",
+        {"tbr": {"method": "full", **SAME_OPT}},
+    ),  # fmt: skip
+    "tbr-full-random": (
+        "tbr full FT with TRL's random batches (for a batch-for-batch loss comparison)",
+        {"tbr": {"method": "full", "group_by_length": False, **SAME_OPT}},
+    ),  # fmt: skip
+    "tbr-lora": (
+        "tbr LoRA r16 all-linear (lr 2e-4), fp32, length-grouped",
+        {"tbr": {"method": "lora", **SAME_OPT}},
+    ),
 }
 
 
@@ -145,7 +156,9 @@ def run_one(name: str, data: str, steps: int, batch_size: int, threads: int, pro
                          **spec["trl"])  # fmt: skip
         ds = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
         # the model as a path, as TRL's own examples do (TRL then loads it in float32)
-        trainer = SFTTrainer(model=ref.path, args=args, train_dataset=ds, processing_class=load_tokenizer(ref))
+        trainer = SFTTrainer(
+            model=ref.path, args=args, train_dataset=ds, processing_class=load_tokenizer(ref)
+        )
         lora = False
     else:
         from tbr.train import TrainConfig, build_trainer, use_bf16
@@ -232,7 +245,11 @@ def write_results(a: argparse.Namespace, results: list[dict]) -> None:
             r["peak_rss_ratio_vs_trl_default"] = round(r["peak_rss_mib"] / ref["peak_rss_mib"], 2)
     by = {r["name"]: r for r in results}
     agreement = {}
-    for x, y in (("tbr-full-random", "trl-default"), ("tbr-full-random", "trl-fp32"), ("trl-fp32", "trl-default")):
+    for x, y in (
+        ("tbr-full-random", "trl-default"),
+        ("tbr-full-random", "trl-fp32"),
+        ("trl-fp32", "trl-default"),
+    ):
         if x in by and y in by:
             same = by[x]["tokens_per_step"] == by[y]["tokens_per_step"]
             diff = max(abs(p - q) for p, q in zip(by[x]["losses"], by[y]["losses"], strict=True))
@@ -253,7 +270,9 @@ def write_results(a: argparse.Namespace, results: list[dict]) -> None:
         "batch_size": a.batch_size,
         "rows": a.steps * a.batch_size,
         "threads": a.threads,
-        "versions": {m: __import__(m).__version__ for m in ("torch", "transformers", "trl", "peft", "accelerate")},
+        "versions": {
+            m: __import__(m).__version__ for m in ("torch", "transformers", "trl", "peft", "accelerate")
+        },
         "machine": {
             "cpu_count": os.cpu_count(),
             "native_bf16": cpu_supports_bf16(),
@@ -276,7 +295,9 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per configuration")
     ap.add_argument("--configs", default="trl-default,trl-fp32,tbr-full,tbr-full-random,tbr-lora")
-    ap.add_argument("--profile", default="", help="comma-separated configs to profile (step 2, torch.profiler)")
+    ap.add_argument(
+        "--profile", default="", help="comma-separated configs to profile (step 2, torch.profiler)"
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "training.json"))
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
