@@ -43,7 +43,9 @@ class BackendConfig:
     backend: str = opt("transformers", "generation backend", choices=BACKENDS)
     dtype: str = opt("auto", "auto (bf16 on CUDA or CPUs with native bf16, else fp32), fp32, bf16, fp16")
     device: str | None = opt(None, "cpu, cuda, cuda:1 ... (default: cuda if available)")
-    batch_size: int = opt(64, "prompts per batch (transformers backend; bigger is faster on CPU, see benchmarks)")
+    batch_size: int = opt(
+        64, "prompts per batch (transformers backend; bigger is faster on CPU, see benchmarks)"
+    )
     api_base: str | None = opt(None, "OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
     api_model: str | None = opt(None, "model name at the endpoint (default: --model)")
     api_key_env: str = opt("OPENAI_API_KEY", "name of the environment variable holding the API key")
