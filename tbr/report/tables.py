@@ -49,19 +49,30 @@ def variants_table(variants: list[Variant]) -> Table:
     return Table("Variants", ["variant", "model", "source", "γ", "eval dir", "general dir"], rows)
 
 
+def _safety_columns(variants: list[Variant]) -> list[tuple[str, str]]:
+    """The paper's four columns; when no variant measured any of them (e.g. the offline demo), the
+    suites that were measured instead, so the table is never all dashes."""
+    measured = list(dict.fromkeys(name for v in sorted(variants, key=sort_key) for name in v.suites()))
+    if any(suite in measured for _, suite in SAFETY_COLUMNS) or not measured:
+        return list(SAFETY_COLUMNS)
+    arrow = {True: "↓", False: "↑"}
+    return [(name + arrow[name.endswith(("-unsafe", "-toxic"))], name) for name in measured]
+
+
 def table3(variants: list[Variant], judge: str | None = None) -> Table:
-    header = ["model", "setting"] + [h for h, _ in SAFETY_COLUMNS] + [h for h, _, _ in GENERAL_COLUMNS]
+    safety = _safety_columns(variants)
+    header = ["model", "setting"] + [h for h, _ in safety] + [h for h, _, _ in GENERAL_COLUMNS]
     rows: list[list[Value]] = []
     for v in sorted(variants, key=sort_key):
         row: list[Value] = [v.group, v.name]
-        row += [v.rate(suite, judge) for _, suite in SAFETY_COLUMNS]
+        row += [v.rate(suite, judge) for _, suite in safety]
         row += [v.metric(task, key) for _, task, key in GENERAL_COLUMNS]
         rows.append(row)
     note = (
         "Compliance rates (share of prompts answered) with 95% Wilson intervals; XS-H = XSTest unsafe, "
-        "Mal = MaliciousInstruct, XS-S = XSTest safe, ORB = OR-Bench-Hard. ↓ lower is better, "
-        "↑ higher is better. MMLU, GSM8K (strict-match) and ARC-E are lm-eval accuracies ±1.96·stderr. "
-        "— = not measured."
+        "Mal = MaliciousInstruct, XS-S = XSTest safe, ORB = OR-Bench-Hard; other suites by name. "
+        "↓ lower is better, ↑ higher is better. MMLU, GSM8K (strict-match) and ARC-E are lm-eval "
+        "accuracies ±1.96·stderr. — = not measured."
     )
     return Table("Table 3 layout: safety and general performance", header, rows, note)
 

@@ -179,3 +179,16 @@ def test_primary_judge_selects_per_judge_figures() -> None:
     v = next(v for v in variants if v.source == "external")
     assert v.rate("xstest-safe", judge="strmatch") == v.rate("xstest-safe")
     assert v.rate("xstest-safe", judge="llm") is None  # a judge this eval did not run: "—", not a guess
+
+
+def test_table3_shows_the_measured_suites_when_none_of_the_papers_are(tmp_path: Path) -> None:
+    ev = tmp_path / "demo-eval"
+    ev.mkdir()
+    data = json.loads((FIXTURES / "bare-eval" / "results.json").read_text())
+    data["suites"] = {"demo-safe": data["suites"]["xstest-safe"]}  # the offline demo's suite only
+    (ev / "results.json").write_text(json.dumps(data))
+    (ev / "samples.jsonl").write_text("")
+    report([str(ev)], str(tmp_path / "out"))
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| model | setting | demo-safe↑ | MMLU | GSM8K | ARC-E |" in md
+    assert "| qwen2.5-coder-0.5b-instruct | demo-eval | 0.00 [0.00, 0.28] | — | — | — |" in md
