@@ -194,10 +194,12 @@ def _execute(stage: Stage, out: Path, root: Path) -> dict[str, Any]:
     if stage.kind == "train":
         from tbr.train import TrainConfig, train
 
+        # A run killed mid-training continues from the stage's last checkpoint.
+        resume = any((out / "checkpoints").glob("checkpoint-*"))
         path = train(
             build(
                 TrainConfig,
-                {**values, "data": str(deps["build"]), "out": str(out)},
+                {**values, "data": str(deps["build"]), "out": str(out), "resume": resume},
                 source=f"stage {stage.dirname}",
             )
         )
@@ -225,28 +227,74 @@ def _say(msg: str) -> None:
     print(msg, flush=True)  # flushed at once: the progress view must not wait in a pipe's buffer
 
 
-def execute(exp: Experiment, root: Path, *, progress: Callable[[str], None] = _say) -> Path:
+@contextlib.contextmanager
+def _claim(out: Path) -> Iterator[bool]:
+    """An exclusive, non-blocking lock on a stage directory: True if this process may run the stage.
+
+    Several `tbr run` processes on one run directory then share the work (each takes the next stage
+    whose inputs are done and that nobody else holds). The OS drops the lock when a process dies, so
+    a crashed worker's stage is taken over by the next rerun."""
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / ".lock").open("w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def execute(
+    exp: Experiment, root: Path, *, progress: Callable[[str], None] = _say, poll_s: float = 30.0
+) -> Path:
     stages = plan(exp)
     root.mkdir(parents=True, exist_ok=True)
     write_manifest(root, "run", exp, extra={"plan": [s.dirname for s in stages]})
     t0, durations = time.time(), {}
+    done = {s.dirname: (root / s.dirname / "DONE.json").exists() for s in stages}
     for i, stage in enumerate(stages, 1):
-        out = root / stage.dirname
-        done = out / "DONE.json"
-        if done.exists():
+        if done[stage.dirname]:
             progress(f"[{i}/{len(stages)}] {stage.dirname}: done earlier, skipped")
-            continue
-        # Time left: mean duration of finished stages of the same kind, times the stages still to run.
-        left = sum(durations.get(s.kind, 0.0) for s in stages[i - 1 :])
-        progress(
-            f"[{i}/{len(stages)}] {stage.dirname}: running (elapsed {_fmt_s(time.time() - t0)}"
-            + (f", est. left ≥ {_fmt_s(left)})" if left else ")")
-        )
-        out.mkdir(parents=True, exist_ok=True)
-        s0 = time.time()
-        info = _execute(stage, out, root)
-        write_json_atomic(done, {"stage": stage.kind, "key": stage.key, "seconds": time.time() - s0, **info})
-        durations[stage.kind] = time.time() - s0
+    waiting = False
+    while not all(done.values()):
+        ran = False
+        for i, stage in enumerate(stages, 1):
+            out = root / stage.dirname
+            if done[stage.dirname] or not all(done[d.dirname] for d in stage.deps):
+                continue
+            with _claim(out) as mine:
+                if not mine:
+                    continue  # another worker is on it
+                if (out / "DONE.json").exists():  # finished by another worker meanwhile
+                    done[stage.dirname] = True
+                    continue
+                # Time left: duration of finished stages of the same kind, times the stages still to run.
+                left = sum(durations.get(s.kind, 0.0) for s in stages if not done[s.dirname])
+                progress(
+                    f"[{i}/{len(stages)}] {stage.dirname}: running (elapsed {_fmt_s(time.time() - t0)}"
+                    + (f", est. left ≥ {_fmt_s(left)})" if left else ")")
+                )
+                s0 = time.time()
+                info = _execute(stage, out, root)
+                write_json_atomic(
+                    out / "DONE.json",
+                    {"stage": stage.kind, "key": stage.key, "seconds": time.time() - s0, **info},
+                )
+                durations[stage.kind] = time.time() - s0
+                done[stage.dirname] = ran = waiting = True
+                break  # back to the first stage: earlier ones may have become runnable
+        if not ran:
+            # Everything left is held by other workers or waits on their stages.
+            if not waiting:
+                progress("waiting for stages held by another `tbr run` on this directory")
+                waiting = True
+            time.sleep(poll_s)
+            done = {s.dirname: (root / s.dirname / "DONE.json").exists() for s in stages}
     wall = time.time() - t0
     variants = []
     for s in stages:
@@ -269,7 +317,11 @@ def execute(exp: Experiment, root: Path, *, progress: Callable[[str], None] = _s
         {
             "experiment": exp.name,
             "variants": variants,
-            "wall_time_s": previous.get("wall_time_s", 0.0) + wall,
+            # every worker session (several may overlap); total_stage_s counts each stage once
+            "sessions": [*previous.get("sessions", []), {"start": t0, "end": time.time(), "wall_s": wall}],
+            "total_stage_s": sum(
+                json.loads((root / s.dirname / "DONE.json").read_text())["seconds"] for s in stages
+            ),
             "stage_seconds": {
                 s.dirname: json.loads((root / s.dirname / "DONE.json").read_text())["seconds"] for s in stages
             },

@@ -10,7 +10,7 @@ import pytest
 
 from tbr.config import build
 from tbr.errors import ConfigError
-from tbr.run import Experiment, execute, load_experiment, plan
+from tbr.run import Experiment, _claim, execute, load_experiment, plan
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -71,6 +71,27 @@ def test_bad_experiments_are_refused():
         build(Experiment, {"sources": ["external"]})
     with pytest.raises(ConfigError, match="unknown"):
         build(Experiment, {"gamma": [0.5]})  # a typo for `gammas`
+
+
+def test_a_stage_is_claimed_by_one_worker_at_a_time(tmp_path):
+    import subprocess
+    import sys
+
+    stage = tmp_path / "train" / "x-123"
+    holder = (
+        "import sys, time; from pathlib import Path; from tbr.run import _claim\n"
+        "with _claim(Path(sys.argv[1])) as mine:\n    print(mine, flush=True); time.sleep(30)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", holder, str(stage)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "True"  # another process holds the stage
+        with _claim(stage) as mine:
+            assert mine is False
+    finally:
+        proc.kill()
+        proc.wait()
+    with _claim(stage) as mine:  # the OS dropped the dead worker's lock
+        assert mine is True
 
 
 @pytest.mark.parametrize("name", ["demo", "local-smollm2", "gamma-sweep", "paper"])
