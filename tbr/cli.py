@@ -12,7 +12,9 @@ import importlib
 import importlib.util
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import Any
 
 from tbr.config import add_arguments, from_args
@@ -113,8 +115,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _on_sigterm(signum: int, frame: Any) -> None:
+    # `kill` must unwind like Ctrl-C: `with` blocks then stop what they started (the llama.cpp server
+    # of `tbr run`) instead of leaving it orphaned.
+    raise SystemExit(128 + signum)
+
+
+def install_sigterm_handler() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    install_sigterm_handler()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

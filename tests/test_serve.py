@@ -104,3 +104,31 @@ def test_auto_port_retries_when_the_port_is_taken(openai_server, monkeypatch):
     monkeypatch.setattr(tbr.serve, "free_port", lambda: next(ports))
     with LlamaServer("smollm2-135m-instruct", n_ctx=512, n_threads=1) as srv:
         assert srv.port != openai_server.port and srv.alive()
+
+
+@pytest.mark.slow
+def test_sigterm_to_tbr_stops_the_server_it_started(tmp_path):
+    """`kill` on a tbr process unwinds like Ctrl-C, so the llama.cpp server it started goes too."""
+    pytest.importorskip("llama_cpp")
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import time; from tbr.cli import install_sigterm_handler; from tbr.serve import LlamaServer\n"
+        "install_sigterm_handler()\n"
+        "with LlamaServer('smollm2-135m-instruct', n_ctx=512, n_threads=1) as srv:\n"
+        "    print(srv.proc.pid, flush=True); time.sleep(120)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(proc.stdout.readline())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+        deadline = time.time() + 15
+        while not _gone(server_pid) and time.time() < deadline:
+            time.sleep(0.2)
+        assert _gone(server_pid)
+    finally:
+        proc.kill()
