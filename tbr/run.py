@@ -237,7 +237,8 @@ def _claim(out: Path) -> Iterator[bool]:
     import fcntl
 
     out.mkdir(parents=True, exist_ok=True)
-    with (out / ".lock").open("w") as f:
+    # The lock file sits beside the stage directory, not in it: stages clean their own directory.
+    with out.with_name(out.name + ".lock").open("w") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

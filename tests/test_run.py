@@ -92,6 +92,10 @@ def test_a_stage_is_claimed_by_one_worker_at_a_time(tmp_path):
         proc.wait()
     with _claim(stage) as mine:  # the OS dropped the dead worker's lock
         assert mine is True
+        for f in stage.iterdir():  # a stage that cleans its own directory keeps its claim
+            f.unlink()
+        with _claim(stage) as again:
+            assert again is False
 
 
 @pytest.mark.parametrize("name", ["demo", "local-smollm2", "gamma-sweep", "paper"])
