@@ -287,7 +287,8 @@ def execute(
                     {"stage": stage.kind, "key": stage.key, "seconds": time.time() - s0, **info},
                 )
                 durations[stage.kind] = time.time() - s0
-                done[stage.dirname] = ran = waiting = True
+                done[stage.dirname] = ran = True
+                waiting = False
                 break  # back to the first stage: earlier ones may have become runnable
         if not ran:
             # Everything left is held by other workers or waits on their stages.
