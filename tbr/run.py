@@ -34,6 +34,9 @@ class RunConfig:
     experiment: str = opt("", "experiment YAML (see configs/)", positional=True, nargs="?")
     out: str | None = opt(None, "run directory (default: the experiment's `out`, else runs/<name>)")
     plan: bool = opt(False, "print the stage plan and exit without running anything")
+    report_only: bool = opt(
+        False, "write runs.json and the report from the stages finished so far; run nothing"
+    )
 
 
 @dataclass
@@ -298,9 +301,23 @@ def execute(
             time.sleep(poll_s)
             done = {s.dirname: (root / s.dirname / "DONE.json").exists() for s in stages}
     wall = time.time() - t0
+    write_report(exp, root, session={"start": t0, "end": time.time(), "wall_s": wall})
+    progress(f"done in {_fmt_s(wall)}; report: {root / 'report.html'}")
+    return root
+
+
+def write_report(exp: Experiment, root: Path, session: dict[str, float] | None = None) -> Path:
+    """runs.json + report over the finished stages; a model whose eval is not done is left out, so a
+    run stopped early (or still going in another process) can be reported as far as it got."""
+    stages = plan(exp)
+    seconds = {
+        s.dirname: json.loads((root / s.dirname / "DONE.json").read_text())["seconds"]
+        for s in stages
+        if (root / s.dirname / "DONE.json").exists()
+    }
     variants = []
     for s in stages:
-        if s.kind == "eval":
+        if s.kind == "eval" and s.dirname in seconds:
             gen = next((g for g in stages if g.kind == "general" and g.variant == s.variant), None)
             train = s.deps[0] if s.deps else None
             variants.append(
@@ -308,10 +325,12 @@ def execute(
                     **(s.variant or {}),
                     "model": exp.model,
                     "eval_dir": s.dirname,
-                    "general_dir": gen.dirname if gen else None,
+                    "general_dir": gen.dirname if gen and gen.dirname in seconds else None,
                     "train_dir": train.dirname if train else None,
                 }
             )
+    if not variants:
+        raise ConfigError(f"{root}: no evaluation has finished yet, so there is nothing to report")
     runs_json = root / "runs.json"
     previous = json.loads(runs_json.read_text()) if runs_json.exists() else {}
     write_json_atomic(
@@ -319,21 +338,16 @@ def execute(
         {
             "experiment": exp.name,
             "variants": variants,
+            "complete": len(seconds) == len(stages),
             # every worker session (several may overlap); total_stage_s counts each stage once
-            "sessions": [*previous.get("sessions", []), {"start": t0, "end": time.time(), "wall_s": wall}],
-            "total_stage_s": sum(
-                json.loads((root / s.dirname / "DONE.json").read_text())["seconds"] for s in stages
-            ),
-            "stage_seconds": {
-                s.dirname: json.loads((root / s.dirname / "DONE.json").read_text())["seconds"] for s in stages
-            },
+            "sessions": [*previous.get("sessions", []), *([session] if session else [])],
+            "total_stage_s": sum(seconds.values()),
+            "stage_seconds": seconds,
         },
     )
     from tbr.report import report
 
-    report([str(root)], str(root), **exp.report)
-    progress(f"done in {_fmt_s(wall)}; report: {root / 'report.html'}")
-    return root
+    return report([str(root)], str(root), **exp.report)
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -348,6 +362,9 @@ def run(cfg: RunConfig) -> int:
     if cfg.plan:
         for s in plan(exp):
             print(f"{s.dirname:40} {json.dumps(s.values, default=str)[:150]}")
+        return 0
+    if cfg.report_only:
+        print(f"report: {write_report(exp, root)}")
         return 0
     execute(exp, root)
     return 0

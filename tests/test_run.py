@@ -10,7 +10,7 @@ import pytest
 
 from tbr.config import build
 from tbr.errors import ConfigError
-from tbr.run import Experiment, _claim, execute, load_experiment, plan
+from tbr.run import Experiment, _claim, execute, load_experiment, plan, write_report
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -166,8 +166,13 @@ def test_tiny_run_end_to_end_then_rerun_and_resume(tmp_path):
     gen = root / ev.dirname / "generations.jsonl"
     kept = gen.read_text().splitlines()
     gen.write_text("\n".join(kept[:-1]) + "\n")
+    # Meanwhile a report covers what is finished: the last model drops out until its eval is done.
+    write_report(exp, root)
+    partial = json.loads((root / "runs.json").read_text())
+    assert [v["name"] for v in partial["variants"]] == ["base", "w/o"] and partial["complete"] is False
     resumed: list[str] = []
     execute(exp, root, progress=resumed.append)
+    assert json.loads((root / "runs.json").read_text())["complete"] is True
     assert sum("running" in line for line in resumed) == 1
     rows = [json.loads(x) for x in (root / ev.dirname / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == len({r["id"] for r in rows}) == len(kept)
