@@ -115,17 +115,23 @@ def test_sigterm_to_tbr_stops_the_server_it_started(tmp_path):
     import sys
     import time
 
+    # Mid-generation: 60 queued requests must be dropped, not waited for.
     script = (
-        "import time; from tbr.cli import install_sigterm_handler; from tbr.serve import LlamaServer\n"
+        "from tbr.cli import install_sigterm_handler; from tbr.serve import LlamaServer\n"
+        "from tbr.generate.openai import OpenAIBackend; from tbr.generate.base import SamplingParams\n"
         "install_sigterm_handler()\n"
         "with LlamaServer('smollm2-135m-instruct', n_ctx=512, n_threads=1) as srv:\n"
-        "    print(srv.proc.pid, flush=True); time.sleep(120)\n"
+        "    print(srv.proc.pid, flush=True)\n"
+        "    b = OpenAIBackend(srv.base_url, srv.model, max_concurrency=1)\n"
+        "    convs = [[{'role': 'user', 'content': f'Count to {i}.'}] for i in range(60)]\n"
+        "    b.generate_results(convs, SamplingParams(max_new_tokens=64))\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         server_pid = int(proc.stdout.readline())
+        time.sleep(3)  # let the requests start
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+        assert proc.wait(timeout=20) == 128 + signal.SIGTERM
         deadline = time.time() + 15
         while not _gone(server_pid) and time.time() < deadline:
             time.sleep(0.2)

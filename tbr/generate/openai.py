@@ -98,7 +98,8 @@ class OpenAIBackend:
 
         check_format(fmt)
         out: list[str | EndpointError] = [EndpointError("not run")] * len(conversations)
-        with ThreadPoolExecutor(max_workers=self.max_concurrency) as pool:
+        pool = ThreadPoolExecutor(max_workers=self.max_concurrency)
+        try:
             futures = {pool.submit(self._one, c, params, fmt): i for i, c in enumerate(conversations)}
             for fut in as_completed(futures):
                 i = futures[fut]
@@ -109,6 +110,10 @@ class OpenAIBackend:
                     continue
                 if on_result:
                     on_result(i, out[i])  # type: ignore[arg-type]
+        finally:
+            # On Ctrl-C / SIGTERM drop the queued requests instead of waiting for all of them (a `with`
+            # block would); what finished is already written through on_result.
+            pool.shutdown(wait=False, cancel_futures=True)
         return out
 
     def generate(
