@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tbr.build import BuildConfig, build, n_reflected, show
+from tbr.categories import CATEGORIES
 from tbr.cli import main
 from tbr.config import build as build_config
 from tbr.errors import ConfigError, DataError
@@ -146,15 +147,7 @@ def test_gamma_zero_from_safety_source(tmp_path):
     rows = _build(tmp_path, "src", gamma=0.0, safety_source="demo-safety", safety_n=14)
     safety = [r for r in rows if r["kind"] == "safety"]
     assert len(safety) == 14 and not _reflected(rows)
-    assert {r["category"] for r in safety} == {
-        "violent_crimes",
-        "hate_discrimination",
-        "privacy",
-        "fake_news",
-        "sexual_content",
-        "suicide_self_harm",
-        "guns_illegal_weapons",
-    }  # stratified: 2 per category
+    assert {r["category"] for r in safety} == set(CATEGORIES)  # stratified: 2 per category
 
 
 def test_manifest_hashes(tmp_path, refl_dir):
