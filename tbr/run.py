@@ -226,6 +226,10 @@ def _fmt_s(s: float) -> str:
     return f"{int(s // 3600)}:{int(s % 3600 // 60):02d}:{int(s % 60):02d}"
 
 
+def _stage_seconds(out: Path) -> float:
+    return float(json.loads((out / "DONE.json").read_text()).get("seconds", 0.0))
+
+
 def _say(msg: str) -> None:
     print(msg, flush=True)  # flushed at once: the progress view must not wait in a pipe's buffer
 
@@ -259,10 +263,14 @@ def execute(
     stages = plan(exp)
     root.mkdir(parents=True, exist_ok=True)
     write_manifest(root, "run", exp, extra={"plan": [s.dirname for s in stages]})
-    t0, durations = time.time(), {}
+    t0 = time.time()
     done = {s.dirname: (root / s.dirname / "DONE.json").exists() for s in stages}
+    # Seconds per stage kind, seeded from stages finished earlier (by a crashed run or another
+    # worker), so the time-left estimate is useful from the first stage of a resumed run.
+    durations: dict[str, float] = {}
     for i, stage in enumerate(stages, 1):
         if done[stage.dirname]:
+            durations[stage.kind] = _stage_seconds(root / stage.dirname)
             progress(f"[{i}/{len(stages)}] {stage.dirname}: done earlier, skipped")
     waiting = False
     while not all(done.values()):
@@ -276,12 +284,13 @@ def execute(
                     continue  # another worker is on it
                 if (out / "DONE.json").exists():  # finished by another worker meanwhile
                     done[stage.dirname] = True
+                    durations[stage.kind] = _stage_seconds(out)
                     continue
                 # Time left: duration of finished stages of the same kind, times the stages still to run.
                 left = sum(durations.get(s.kind, 0.0) for s in stages if not done[s.dirname])
                 progress(
                     f"[{i}/{len(stages)}] {stage.dirname}: running (elapsed {_fmt_s(time.time() - t0)}"
-                    + (f", est. left ≥ {_fmt_s(left)})" if left else ")")
+                    + (f", est. left ≥ {_fmt_s(left)})" if left >= 1 else ")")
                 )
                 s0 = time.time()
                 info = _execute(stage, out, root)
@@ -311,7 +320,7 @@ def write_report(exp: Experiment, root: Path, session: dict[str, float] | None =
     run stopped early (or still going in another process) can be reported as far as it got."""
     stages = plan(exp)
     seconds = {
-        s.dirname: json.loads((root / s.dirname / "DONE.json").read_text())["seconds"]
+        s.dirname: _stage_seconds(root / s.dirname)
         for s in stages
         if (root / s.dirname / "DONE.json").exists()
     }

@@ -214,8 +214,9 @@ def _sft_config(cfg: TrainConfig, ckpt_dir: Path, has_val: bool, bf16: bool) -> 
         packing=cfg.packing,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         completion_only_loss=True,  # prompt tokens → -100; checked by tests/test_train.py
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        # transformers 5 renamed gradient_checkpointing*; the old names still warn on every run.
+        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         bf16=bf16,
         fp16=False,
         use_cpu=not torch.cuda.is_available(),

@@ -174,5 +174,7 @@ def test_tiny_run_end_to_end_then_rerun_and_resume(tmp_path):
     execute(exp, root, progress=resumed.append)
     assert json.loads((root / "runs.json").read_text())["complete"] is True
     assert sum("running" in line for line in resumed) == 1
+    # Time left is estimated from the evals finished before the crash, not left blank.
+    assert "est. left" in next(line for line in resumed if "running" in line)
     rows = [json.loads(x) for x in (root / ev.dirname / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == len({r["id"] for r in rows}) == len(kept)
