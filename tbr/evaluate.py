@@ -13,7 +13,8 @@ The judges see the *answer* part (tbr.reflection.split): a reflected refusal suc
 otherwise a prefix matcher would read the reflection and call it compliance.
 
 results.json layout, per suite:
-  n, compliance_rate, ci95, full_compliance, full_refusal, partial_refusal, errors, by_type
+  n, compliance_rate, ci95, full_compliance, full_refusal, partial_refusal, errors, by_type,
+  reflected, unfinished_reflection
       — the figures of the *primary* judge (the first one in --judge);
   primary_judge, label, higher_is_better
   judges: {judge name: the same figures} for every judge, the primary included.
@@ -166,8 +167,13 @@ def summarize(rows: Sequence[dict[str, Any]], judge_names: Sequence[str]) -> dic
                 "by_type": {t: figures(v) for t, v in sorted(types.items())},
             }
         found = {r["label"] for r in members}
+        reflected = [r for r in members if r.get("reflection")]
         out[group] = {
             **per_judge[judge_names[0]],
+            # Judge-independent: how many responses reflected, and how many of those ended inside the
+            # reflection (answer ""), which the rule judges count as compliance (docs/choices.md).
+            "reflected": len(reflected),
+            "unfinished_reflection": sum(1 for r in reflected if not r.get("answer")),
             "primary_judge": judge_names[0],
             "label": found.pop() if len(found) == 1 else "mixed",
             "higher_is_better": suites.higher_is_better(r["label"] for r in members),
