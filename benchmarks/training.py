@@ -40,6 +40,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "train_alpaca.jsonl"
 
+
+def _repo_relative(path: str) -> str:
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(path)
+
+
 # TRL's default optimisation hyper-parameters (SFTConfig: lr 2e-5, linear decay, no warm-up, seed 42).
 # The tbr configurations use them too, so only the settings that decide speed differ and losses compare.
 SAME_OPT = {"seed": 42, "lr_scheduler": "linear", "warmup_ratio": 0.0}
@@ -264,7 +270,7 @@ def write_results(a: argparse.Namespace, results: list[dict]) -> None:
         "benchmark": "training",
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": a.command,
-        "data": a.data,
+        "data": _repo_relative(a.data),  # results are committed: no machine-specific paths
         "model": "smollm2-135m-instruct",
         "steps": a.steps,
         "batch_size": a.batch_size,
