@@ -124,12 +124,15 @@ def test_sigterm_to_tbr_stops_the_server_it_started(tmp_path):
         "    print(srv.proc.pid, flush=True)\n"
         "    b = OpenAIBackend(srv.base_url, srv.model, max_concurrency=1)\n"
         "    convs = [[{'role': 'user', 'content': f'Count to {i}.'}] for i in range(60)]\n"
+        "    b.generate_results(convs[:1], SamplingParams(max_new_tokens=8))\n"
+        "    print('serving', flush=True)\n"
         "    b.generate_results(convs, SamplingParams(max_new_tokens=64))\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         server_pid = int(proc.stdout.readline())
-        time.sleep(3)  # let the requests start
+        # The server has answered one request, so the 60 that follow are being served when the signal lands.
+        assert proc.stdout.readline().strip() == "serving"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 128 + signal.SIGTERM
         deadline = time.time() + 15
