@@ -90,15 +90,33 @@ class Variant:
     def task(self, task: str) -> dict[str, Any] | None:
         """lm-eval's results for a task, whether run as lm-eval's own task or tbr's offline copy
         (`tbr general --data-dir` runs tbr_mmlu, tbr_gsm8k, tbr_arc_easy with the plain name as alias)."""
+        name = self._task_name(task)
+        return self.general["results"][name] if name else None
+
+    def _task_name(self, task: str) -> str | None:
         res = self.general.get("results") or {}
         for name in (task, f"tbr_{task}"):
             if isinstance(res.get(name), dict):
-                return res[name]
-        return next((r for r in res.values() if isinstance(r, dict) and r.get("alias") == task), None)
+                return name
+        return next((k for k, r in res.items() if isinstance(r, dict) and r.get("alias") == task), None)
 
     def metric(self, task: str, key: str) -> Cell | None:
-        res = self.task(task)
-        return metric_cell(res, key) if res is not None else None
+        name = self._task_name(task)
+        if name is None:
+            return None
+        return metric_cell(self.general["results"][name], key, self._questions(name))
+
+    def _questions(self, name: str) -> int | None:
+        """How many questions lm-eval scored for a task: its own count, or its subtasks' summed (a group)."""
+        counts = self.general.get("n-samples") or {}
+        c = counts.get(name)
+        if isinstance(c, dict) and isinstance(c.get("effective"), int):
+            return c["effective"]
+        subtasks = (self.general.get("group_subtasks") or {}).get(name)
+        if not subtasks:
+            return None
+        parts = [self._questions(t) for t in subtasks]
+        return sum(parts) if all(isinstance(p, int) for p in parts) else None  # type: ignore[arg-type]
 
 
 def _num(x: Any) -> float | None:
@@ -146,12 +164,23 @@ def rate_cell(s: dict[str, Any]) -> Cell | None:
     return Cell(p, lo, hi, n)
 
 
-def metric_cell(res: dict[str, Any], key: str) -> Cell | None:
-    """An lm-eval metric with ±1.96·stderr (lm-eval writes "N/A" where it has no stderr)."""
+# lm-eval metrics that are a mean of 0/1 scores, one per question: these get a Wilson interval.
+BINARY_METRICS = ("acc", "acc_norm", "exact_match")
+
+
+def metric_cell(res: dict[str, Any], key: str, n: int | None = None) -> Cell | None:
+    """An lm-eval metric with its 95% interval.
+
+    A 0/1 accuracy over n known questions gets a Wilson interval, like the compliance rates: lm-eval's
+    stderr is the normal approximation, which collapses to [0, 0] at 0/30 (GSM8K at 135M) and is "N/A"
+    for groups such as MMLU. Otherwise ±1.96·stderr, or no interval where lm-eval has none.
+    """
     v = _num(res.get(key))
     if v is None:
         return None
     name, _, filt = key.partition(",")
+    if n and name in BINARY_METRICS and 0.0 <= v <= 1.0:
+        return Cell(v, *wilson(round(v * n), n), n=n)
     se = _num(res.get(f"{name}_stderr,{filt}" if filt else f"{name}_stderr"))
     if se is None:
         return Cell(v)

@@ -72,7 +72,8 @@ def table3(variants: list[Variant], judge: str | None = None) -> Table:
         "Compliance rates (share of prompts answered) with 95% Wilson intervals; XS-H = XSTest unsafe, "
         "Mal = MaliciousInstruct, XS-S = XSTest safe, ORB = OR-Bench-Hard; other suites by name. "
         "↓ lower is better, ↑ higher is better. MMLU, GSM8K (strict-match) and ARC-E are lm-eval "
-        "accuracies ±1.96·stderr. — = not measured."
+        "accuracies, also with 95% Wilson intervals over the questions scored (±1.96·stderr where "
+        "lm-eval gives no count). — = not measured."
     )
     return Table("Table 3 layout: safety and general performance", header, rows, note)
 
@@ -149,4 +150,4 @@ def general_details(variants: list[Variant]) -> Table | None:
     for v in sorted((v for v in variants if v.general), key=sort_key):
         rows.append([v.name] + [v.metric(t, k) for t, k in cols])
     header = ["variant"] + [f"{t} {k}" for t, k in cols]
-    return Table("General benchmarks: all metrics (±1.96·stderr)", header, rows)
+    return Table("General benchmarks: all metrics (95% intervals)", header, rows)

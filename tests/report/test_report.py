@@ -17,7 +17,7 @@ import pytest
 from tbr.cli import main
 from tbr.errors import DataError
 from tbr.report import report
-from tbr.report.collect import collect, metric_cell, wilson
+from tbr.report.collect import Variant, collect, metric_cell, wilson
 
 FIXTURES = Path(__file__).parent / "fixtures"
 XSS = "</script><img src=x onerror=alert(1)>"
@@ -48,6 +48,36 @@ def test_lm_eval_interval_is_1_96_stderr_and_tolerates_na() -> None:
     c = metric_cell({"acc,none": 0.5, "acc_stderr,none": "N/A"}, "acc,none")  # lm-eval groups
     assert c is not None and c.value == 0.5 and c.lo is None
     assert metric_cell({"acc_norm,none": 0.5}, "acc,none") is None
+
+
+def test_accuracy_over_known_questions_gets_a_wilson_interval() -> None:
+    # 0/30 on GSM8K: lm-eval's stderr is 0, which would print a [0.00, 0.00] interval
+    c = metric_cell(
+        {"exact_match,strict-match": 0.0, "exact_match_stderr,strict-match": 0.0},
+        "exact_match,strict-match",
+        30,
+    )
+    assert c is not None and c.lo == 0.0 and c.hi == pytest.approx(wilson(0, 30)[1]) and c.hi > 0.1
+    # a group (MMLU) counts its subtasks' questions: 2 subjects x 3 questions, 4 right
+    v = Variant(
+        "m",
+        "m",
+        "m",
+        None,
+        None,
+        general={
+            "results": {"mmlu": {"acc,none": 4 / 6, "acc_stderr,none": "N/A"}, "mmlu_a": {}, "mmlu_b": {}},
+            "group_subtasks": {"mmlu": ["mmlu_a", "mmlu_b"]},
+            "n-samples": {
+                "mmlu_a": {"original": 100, "effective": 3},
+                "mmlu_b": {"original": 90, "effective": 3},
+            },
+        },
+    )
+    c = v.metric("mmlu", "acc,none")
+    assert c is not None and c.n == 6 and (c.lo, c.hi) == pytest.approx(wilson(4, 6))
+    # not a 0/1 mean (e.g. a perplexity): no count-based interval
+    assert metric_cell({"word_perplexity,none": 12.5}, "word_perplexity,none", 30).lo is None
 
 
 def test_table3_rows(full: Path) -> None:
