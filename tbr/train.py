@@ -243,6 +243,7 @@ def build_trainer(cfg: TrainConfig, train_rows: list, val_rows: list, bf16: bool
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
+    from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
 
     from tbr.models import load_tokenizer, resolve
@@ -285,9 +286,48 @@ def build_trainer(cfg: TrainConfig, train_rows: list, val_rows: list, bf16: bool
         processing_class=tok,
         peft_config=peft_config,
     )
+    # Trainer's PrinterCallback print()s raw dicts; a redirected stdout holds them in its buffer for
+    # many minutes on CPU, so a long run looked stuck. Log a flushed progress line instead.
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(log_progress_callback())
     trainer.tbr_ref = ref
     trainer.tbr_raw_train = train_ds
     return trainer
+
+
+def log_progress_callback() -> Any:
+    """A TrainerCallback that logs step/total, losses and time left (at this run's own pace) per logging step.
+
+    Built in a function so that importing tbr.train (the CLI does, for its flags) stays free of transformers.
+    """
+    from transformers import TrainerCallback
+
+    class LogProgress(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            # After a resume, global_step starts at the checkpoint's step; the pace counts this run only.
+            self.t0, self.step0 = time.time(), state.global_step
+
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any
+        ) -> None:
+            if not state.is_world_process_zero or not logs:
+                return
+            step, total = state.global_step, state.max_steps
+            shown = [
+                f", {k} {logs[k]:.4g}"
+                for k in ("loss", "eval_loss", "train_loss", "learning_rate")
+                if _is_num(logs.get(k))
+            ]
+            done = step - self.step0
+            left = (total - step) * (time.time() - self.t0) / done if done > 0 else None
+            eta = f", {time.strftime('%H:%M:%S', time.gmtime(left))} left" if left is not None else ""
+            log.info("step %d/%d (%d%%)%s%s", step, total, 100 * step // max(total, 1), eta, "".join(shown))
+
+    return LogProgress()
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
 
 
 def truncation_stats(trainer: Any, rows: list[dict[str, Any]], max_length: int) -> dict[str, Any]:

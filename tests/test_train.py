@@ -8,6 +8,7 @@ Training runs are tiny (SmolLM2-135M, a few steps, max_length 128, one torch thr
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
@@ -153,7 +154,7 @@ def test_truncation_is_counted_and_never_silent(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_lora_run_loads_generates_resumes_and_merges(tmp_path):
+def test_tiny_lora_run_loads_generates_resumes_and_merges(tmp_path, caplog):
     from tbr.generate.base import SamplingParams
     from tbr.generate.hf import TransformersBackend
     from tbr.models import load, resolve
@@ -162,7 +163,12 @@ def test_tiny_lora_run_loads_generates_resumes_and_merges(tmp_path):
     data = _subset(ALPACA, tmp_path / "train.jsonl", 12, 4)
     out = tmp_path / "run"
     cfg = _cfg(data=str(data), out=str(out), max_steps=2, val_fraction=0.25, eval_steps=1, lr=1e-3)
-    assert train(cfg) == out
+    with caplog.at_level(logging.INFO, logger="tbr.train"):
+        assert train(cfg) == out
+    # progress goes through logging (flushed per line), not Trainer's print() of raw dicts
+    steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert steps[0].startswith("step 1/2 (50%), 00:00:") and " left, loss " in steps[0]
+    assert any(m.startswith("step 2/2 (100%)") and "eval_loss" in m for m in steps)
     side = json.loads((out / "tbr_model.json").read_text())
     assert side == {"base": "smollm2-135m-instruct", "template": "alpaca", "reflection_format": "tagged"}
     man = json.loads((out / "manifest.json").read_text())
