@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -62,6 +63,9 @@ class Experiment:
     eval: dict[str, Any] = field(default_factory=dict)
     general: dict[str, Any] | None = field(default_factory=dict)  # null skips general ability
     report: dict[str, Any] = field(default_factory=dict)
+    # Other run directories whose finished stages with the same key (same inputs) are copied in
+    # rather than run again, e.g. a γ sweep reusing the γ=0 and γ=1 models of an earlier run.
+    reuse: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         bad = [s for s in self.sources if s not in SOURCES]
@@ -95,12 +99,29 @@ class Stage:
 ENDPOINT_KEYS = ("api_base", "api_model", "api_key_env", "serve")
 
 
+def coarse_to_fine(values: list[float]) -> list[float]:
+    """The ends first, then the middle of each gap: a sweep stopped early still spans its range.
+
+    [0, .2, .4, .6, .8, 1] → [0, 1, .4, .2, .6, .8]"""
+    xs = sorted(set(values))
+    if len(xs) <= 2:
+        return xs
+    order, gaps = [xs[0], xs[-1]], [(0, len(xs) - 1)]
+    while gaps:
+        lo, hi = gaps.pop(0)
+        if hi - lo > 1:
+            mid = (lo + hi) // 2
+            order.append(xs[mid])
+            gaps += [(lo, mid), (mid, hi)]
+    return order
+
+
 def plan(exp: Experiment) -> list[Stage]:
     """Expand the experiment into an ordered list of stages.
 
-    Order: one model at a time (base; then per γ and source: [reflect] → build → train → eval →
-    general), each reflection stage just before the first build that reads it, so a run stopped early
-    already holds complete rows for the models it reached."""
+    Order: one model at a time (base; then per γ, coarse to fine, and source: [reflect] → build →
+    train → eval → general), each reflection stage just before the first build that reads it, so a
+    run stopped early already holds complete rows for the models it reached."""
     base = {"model": exp.model, "seed": exp.seed}
     data = {"data_dir": exp.data_dir} if exp.data_dir else {}
     stages: list[Stage] = []
@@ -127,7 +148,7 @@ def plan(exp: Experiment) -> list[Stage]:
 
     if exp.evaluate_base:
         measure("base", {"name": "base", "source": "base", "gamma": None}, None)
-    for gamma in sorted(set(exp.gammas)):
+    for gamma in coarse_to_fine(exp.gammas):
         # γ=0 carries no reflection, so it is one baseline shared by every source ("w/o" in Table 3).
         for src in ["none"] if gamma == 0 else exp.sources:
             bvalues = {**exp.build, **data, "seed": exp.seed, "gamma": gamma}
@@ -222,6 +243,25 @@ def _execute(stage: Stage, out: Path, root: Path) -> dict[str, Any]:
     raise ConfigError(f"unknown stage kind {stage.kind}")
 
 
+def _reusable(stage: Stage, dirs: list[str]) -> Path | None:
+    return next(
+        (Path(d) / stage.dirname for d in dirs if (Path(d) / stage.dirname / "DONE.json").is_file()), None
+    )
+
+
+def _adopt(src: Path, out: Path) -> dict[str, Any]:
+    """Copy a finished stage from another run. The key covers the stage's inputs and its dependencies'
+    keys, so equal keys mean the same work. A trained model's resume checkpoints stay behind (they are
+    only read by an unfinished training), and DONE.json is written last, so a crash mid-copy reruns."""
+    shutil.copytree(src, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoints", "DONE.json"))
+    info = json.loads((src / "DONE.json").read_text())
+    ckpt = info.get("checkpoint")
+    if isinstance(ckpt, str) and Path(ckpt).resolve().is_relative_to(src.resolve()):
+        # downstream stages load the copy
+        info["checkpoint"] = str(out / Path(ckpt).resolve().relative_to(src.resolve()))
+    return {**info, "reused_from": str(src)}
+
+
 def _fmt_s(s: float) -> str:
     return f"{int(s // 3600)}:{int(s % 3600 // 60):02d}:{int(s % 60):02d}"
 
@@ -286,6 +326,13 @@ def execute(
                     done[stage.dirname] = True
                     durations[stage.kind] = _stage_seconds(out)
                     continue
+                src = _reusable(stage, exp.reuse)
+                if src is not None:
+                    write_json_atomic(out / "DONE.json", _adopt(src, out))
+                    durations[stage.kind] = _stage_seconds(out)
+                    done[stage.dirname] = ran = True
+                    progress(f"[{i}/{len(stages)}] {stage.dirname}: same inputs finished in {src}, copied")
+                    break
                 # Time left: duration of finished stages of the same kind, times the stages still to run.
                 left = sum(durations.get(s.kind, 0.0) for s in stages if not done[s.dirname])
                 progress(

@@ -3,6 +3,7 @@ shipped experiment files, and one tiny real end-to-end run that is rerun and res
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -38,6 +39,19 @@ def test_plan_order_and_dependencies():
     # the γ=0 baseline reads the first source's reflection stage: the same safety prompts as TBR
     assert builds["wo-g0.0"].deps[0].label == "internal"
     assert builds["external-g1"].deps[0].label == "external"
+
+
+def test_a_sweep_runs_coarse_to_fine():
+    # a sweep stopped early has its ends and a middle point, not just its low end
+    trained = [s.label for s in plan(_exp(gammas=[0.6, 0.0, 0.2, 1.0, 0.8, 0.4, 0.4])) if s.kind == "train"]
+    assert trained == [
+        "wo-g0.0",
+        "internal-g1",
+        "internal-g0.4",
+        "internal-g0.2",
+        "internal-g0.6",
+        "internal-g0.8",
+    ]
 
 
 def test_keys_are_stable_and_change_with_inputs():
@@ -178,3 +192,20 @@ def test_tiny_run_end_to_end_then_rerun_and_resume(tmp_path):
     assert "est. left" in next(line for line in resumed if "running" in line)
     rows = [json.loads(x) for x in (root / ev.dirname / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == len({r["id"] for r in rows}) == len(kept)
+
+    # A second run directory that reuses the first: every stage has the same key, so each is copied in
+    # and nothing runs. The copied model is loaded from the copy, without its resume checkpoints.
+    other = tmp_path / "other"
+    copied: list[str] = []
+    execute(dataclasses.replace(exp, reuse=[str(root)]), other, progress=copied.append)
+    assert sum("copied" in line for line in copied) == len(stages)
+    assert not any("running" in line for line in copied)
+    tr = next(s for s in stages if s.kind == "train" and s.label == "internal-g1")
+    done = json.loads((other / tr.dirname / "DONE.json").read_text())
+    assert done["checkpoint"] == str(other / tr.dirname) and done["reused_from"] == str(root / tr.dirname)
+    assert (other / tr.dirname / "adapter_model.safetensors").exists()
+    assert not (other / tr.dirname / "checkpoints").exists() and (root / tr.dirname / "checkpoints").exists()
+    assert (
+        json.loads((other / "runs.json").read_text())["variants"]
+        == json.loads((root / "runs.json").read_text())["variants"]
+    )
