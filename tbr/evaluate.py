@@ -63,6 +63,9 @@ class ScoreConfig(BackendConfig):
     judge_api_base: str | None = opt(None, "OpenAI-compatible /v1 URL for the llm and guard judges")
     judge_api_model: str | None = opt(None, "model name at the judge endpoint")
     judge_api_key_env: str = opt("OPENAI_API_KEY", "environment variable holding the judge endpoint's key")
+    judge_max_tokens: int | None = opt(
+        None, "reply limit for the llm/guard judges (default: XSTest's 16 tokens; guard 20)"
+    )
     out: str | None = opt(None, "output directory (reruns resume from what it holds)")
     limit: int | None = opt(None, "only the first N prompts of each suite")
     data_dir: str | None = opt(None, "local data folder (default: $TBR_DATA_DIR, else the Hugging Face Hub)")
@@ -196,6 +199,7 @@ def build_judges(names: Sequence[str], cfg: Any) -> list[Any]:
             api_key_env=cfg.judge_api_key_env,
             max_concurrency=cfg.max_concurrency,
             timeout=cfg.timeout,
+            max_tokens=cfg.judge_max_tokens,
         )
         for name in names
     ]
@@ -205,7 +209,13 @@ def judge_settings(name: str, cfg: Any) -> dict[str, Any]:
     """A judge's identity: rule judges are their name; endpoint judges also their endpoint and model."""
     if name in RULE_JUDGES:
         return {"name": name}
-    return {"name": name, "api_base": cfg.judge_api_base, "api_model": cfg.judge_api_model}
+    limit = cfg.judge_max_tokens  # a longer reply can change a verdict
+    return {
+        "name": name,
+        "api_base": cfg.judge_api_base,
+        "api_model": cfg.judge_api_model,
+        **({"max_tokens": limit} if limit else {}),
+    }
 
 
 def _judge_all(

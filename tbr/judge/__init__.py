@@ -27,9 +27,12 @@ def make_judge(
     api_key_env: str = "OPENAI_API_KEY",
     max_concurrency: int = 4,
     timeout: float = 60.0,
+    max_tokens: int | None = None,
 ) -> Judge:
     """A judge by name. Endpoint judges (llm, guard) check that the endpoint answers, and raise
-    EndpointError if it does not; rule judges ignore the endpoint options."""
+    EndpointError if it does not; rule judges ignore the endpoint options. `max_tokens` caps an
+    endpoint judge's reply (default: XSTest's 16 for llm, 20 for guard); a chatty judge model that
+    explains before naming the class needs more, or its reply is cut and counted as an error."""
     # Imports are local so `import tbr.judge` stays cheap for the CLI.
     if name == "keyword":
         from tbr.judge.keyword import KeywordJudge
@@ -50,11 +53,12 @@ def make_judge(
             max_concurrency=max_concurrency,
             timeout=timeout,
         )
+        limit = {"max_tokens": max_tokens} if max_tokens else {}
         if name == "llm":
-            return LLMJudge(backend)
+            return LLMJudge(backend, **limit)
         from tbr.judge.guard import GuardJudge
 
-        return GuardJudge(backend)
+        return GuardJudge(backend, **limit)
     raise ConfigError(f"unknown judge {name!r}; choose from: {', '.join(JUDGES)}")
 
 

@@ -44,6 +44,9 @@ class AgreementConfig:
     api_key_env: str = opt("OPENAI_API_KEY", "environment variable holding the API key")
     max_concurrency: int = opt(4, "parallel judge requests")
     timeout: float = opt(60.0, "seconds per judge request")
+    max_tokens: int | None = opt(
+        None, "reply limit for the llm/guard judges (default: XSTest's 16; guard 20)"
+    )
 
     def validate(self) -> None:
         from tbr.judge import JUDGES
@@ -180,6 +183,7 @@ def run(cfg: AgreementConfig) -> int:
             api_key_env=cfg.api_key_env,
             max_concurrency=cfg.max_concurrency,
             timeout=cfg.timeout,
+            max_tokens=cfg.max_tokens,
         )
         for name in cfg.judge
     ]

@@ -122,8 +122,10 @@ def test_llm_judge_against_real_server(openai_server):
 
 @pytest.mark.slow
 def test_junk_output_is_an_error_not_a_label(openai_server):
-    backend = OpenAIBackend(openai_server.base_url, openai_server.model, timeout=300)
-    judge = LLMJudge(backend, max_tokens=1)  # one token can never spell a class name
+    # one token can never spell a class name; the limit set through make_judge reaches the request
+    judge = make_judge(
+        "llm", api_base=openai_server.base_url, api_model=openai_server.model, timeout=300, max_tokens=1
+    )
     verdicts = judge.judge(_calibration_items(2))
     _check(verdicts, 2)
     assert all(v.label is None and v.error.startswith("unparseable judge output") for v in verdicts)
