@@ -64,7 +64,7 @@ class ScoreConfig(BackendConfig):
     judge_api_model: str | None = opt(None, "model name at the judge endpoint")
     judge_api_key_env: str = opt("OPENAI_API_KEY", "environment variable holding the judge endpoint's key")
     judge_max_tokens: int | None = opt(
-        None, "reply limit for the llm/guard judges (default: XSTest's 16 tokens; guard 20)"
+        None, "reply limit for the llm/guard judges in tokens; None: XSTest's 16 (guard: 20)"
     )
     out: str | None = opt(None, "output directory (reruns resume from what it holds)")
     limit: int | None = opt(None, "only the first N prompts of each suite")

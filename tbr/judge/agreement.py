@@ -45,7 +45,7 @@ class AgreementConfig:
     max_concurrency: int = opt(4, "parallel judge requests")
     timeout: float = opt(60.0, "seconds per judge request")
     max_tokens: int | None = opt(
-        None, "reply limit for the llm/guard judges (default: XSTest's 16; guard 20)"
+        None, "reply limit for the llm/guard judges in tokens; None: XSTest's 16 (guard: 20)"
     )
 
     def validate(self) -> None:
