@@ -38,6 +38,9 @@ class RunConfig:
     report_only: bool = opt(
         False, "write runs.json and the report from the stages finished so far; run nothing"
     )
+    only: list[str] = opt(
+        [], "run only these variants (labels as in --plan: base, wo-g0.0, external-g1, …) and what they read"
+    )
 
 
 @dataclass
@@ -165,6 +168,26 @@ def plan(exp: Experiment) -> list[Stage]:
             name = "w/o" if gamma == 0 else f"{src} γ={gamma:g}"
             measure(label, {"name": name, "source": src, "gamma": gamma}, t)
     return stages
+
+
+def select(stages: list[Stage], labels: list[str]) -> list[Stage]:
+    """The stages of the named variants plus everything they read, in plan order (all when empty).
+
+    Keys do not change, so an arm run alone lands in the same directories as in the full run: a later
+    full run (or `reuse`) skips it, and one worker per arm splits an experiment across machines."""
+    if not labels:
+        return stages
+    known = sorted({s.label for s in stages if s.kind == "eval"})
+    if bad := [x for x in labels if x not in known]:
+        raise ConfigError(f"--only: no variant {bad} in this experiment; its variants are {', '.join(known)}")
+    keep: set[str] = set()
+    todo = [s for s in stages if s.label in labels]
+    while todo:
+        s = todo.pop()
+        if s.dirname not in keep:
+            keep.add(s.dirname)
+            todo += s.deps
+    return [s for s in stages if s.dirname in keep]
 
 
 # ----------------------------------------------------------------------------- executing stages
@@ -298,11 +321,16 @@ def _claim(out: Path) -> Iterator[bool]:
 
 
 def execute(
-    exp: Experiment, root: Path, *, progress: Callable[[str], None] = _say, poll_s: float = 30.0
+    exp: Experiment,
+    root: Path,
+    *,
+    only: list[str] | None = None,
+    progress: Callable[[str], None] = _say,
+    poll_s: float = 30.0,
 ) -> Path:
-    stages = plan(exp)
+    stages = select(plan(exp), only or [])
     root.mkdir(parents=True, exist_ok=True)
-    write_manifest(root, "run", exp, extra={"plan": [s.dirname for s in stages]})
+    write_manifest(root, "run", exp, extra={"plan": [s.dirname for s in stages], "only": only or []})
     t0 = time.time()
     done = {s.dirname: (root / s.dirname / "DONE.json").exists() for s in stages}
     # Seconds per stage kind, seeded from stages finished earlier (by a crashed run or another
@@ -416,11 +444,11 @@ def run(cfg: RunConfig) -> int:
     exp = load_experiment(cfg.experiment)
     root = Path(cfg.out or exp.out or f"runs/{exp.name}")
     if cfg.plan:
-        for s in plan(exp):
+        for s in select(plan(exp), cfg.only):
             print(f"{s.dirname:40} {json.dumps(s.values, default=str)[:150]}")
         return 0
     if cfg.report_only:
         print(f"report: {write_report(exp, root)}")
         return 0
-    execute(exp, root)
+    execute(exp, root, only=cfg.only)
     return 0

@@ -11,7 +11,7 @@ import pytest
 
 from tbr.config import build
 from tbr.errors import ConfigError
-from tbr.run import Experiment, _claim, execute, load_experiment, plan, write_report
+from tbr.run import Experiment, _claim, execute, load_experiment, plan, select, write_report
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -74,6 +74,34 @@ def test_external_overrides_apply_to_the_external_source_only():
     assert refl["internal"]["audit"] == "drop" and refl["external"]["audit"] == "keep"
     assert refl["external"]["serve"] == refl["external"]["api_model"] == "qwen2.5-coder-0.5b-instruct"
     assert "serve" not in refl["internal"]
+
+
+def test_only_selects_an_arm_and_what_it_reads():
+    stages = plan(_exp(sources=["internal", "external"], gammas=[0.0, 1.0]))
+    ext = select(stages, ["external-g1"])
+    assert [s.dirname.split("-")[0] for s in ext] == [
+        "reflect/external",
+        "build/external",
+        "train/external",
+        "eval/external",
+        "general/external",
+    ]
+    # same directories as in the full plan, so a later full run (or `reuse`) skips the arm
+    assert {s.dirname for s in ext} < {s.dirname for s in stages}
+    wo = {s.dirname.split("-")[0] for s in select(stages, ["wo-g0.0", "base"])}
+    # the baseline reads the internal reflections (same safety prompts), never the external ones
+    assert wo == {
+        "reflect/internal",
+        "build/wo",
+        "train/wo",
+        "eval/wo",
+        "general/wo",
+        "eval/base",
+        "general/base",
+    }
+    assert select(stages, []) == stages
+    with pytest.raises(ConfigError, match="external-g1, internal-g1, wo-g0.0"):
+        select(stages, ["external-g0.5"])
 
 
 def test_bad_experiments_are_refused():
