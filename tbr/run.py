@@ -330,7 +330,7 @@ def execute(
 ) -> Path:
     stages = select(plan(exp), only or [])
     root.mkdir(parents=True, exist_ok=True)
-    write_manifest(root, "run", exp, extra={"plan": [s.dirname for s in stages], "only": only or []})
+    write_manifest(root, "run", exp, extra={"plan": [s.dirname for s in plan(exp)], "only": only or []})
     t0 = time.time()
     done = {s.dirname: (root / s.dirname / "DONE.json").exists() for s in stages}
     # Seconds per stage kind, seeded from stages finished earlier (by a crashed run or another
@@ -385,12 +385,13 @@ def execute(
             time.sleep(poll_s)
             done = {s.dirname: (root / s.dirname / "DONE.json").exists() for s in stages}
     wall = time.time() - t0
-    write_report(exp, root, session={"start": t0, "end": time.time(), "wall_s": wall})
+    session = {"start": t0, "end": time.time(), "wall_s": wall, "only": only or []}
+    write_report(exp, root, session=session)
     progress(f"done in {_fmt_s(wall)}; report: {root / 'report.html'}")
     return root
 
 
-def write_report(exp: Experiment, root: Path, session: dict[str, float] | None = None) -> Path:
+def write_report(exp: Experiment, root: Path, session: dict[str, Any] | None = None) -> Path:
     """runs.json + report over the finished stages; a model whose eval is not done is left out, so a
     run stopped early (or still going in another process) can be reported as far as it got."""
     stages = plan(exp)
