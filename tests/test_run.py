@@ -179,9 +179,17 @@ def test_tiny_run_end_to_end_then_rerun_and_resume(tmp_path):
         },
     )
     root = tmp_path / "run"
+    stages = plan(exp)
+    # One arm alone (--only): the baseline and the reflections it reads, nothing else.
+    arm: list[str] = []
+    execute(exp, root, only=["wo-g0.0"], progress=arm.append)
+    finished = {s.dirname for s in stages if (root / s.dirname / "DONE.json").exists()}
+    assert finished == {s.dirname for s in select(stages, ["wo-g0.0"])}
+    assert {d.split("/")[0] for d in finished} == {"reflect", "build", "train", "eval"}
+    # The full run then skips the arm's stages (same keys) and runs the rest.
     lines: list[str] = []
     execute(exp, root, progress=lines.append)
-    stages = plan(exp)
+    assert sum("skipped" in line for line in lines) == len(finished)
     assert all((root / s.dirname / "DONE.json").exists() for s in stages)
     runs = json.loads((root / "runs.json").read_text())
     assert [v["name"] for v in runs["variants"]] == ["base", "w/o", "internal γ=1"]
