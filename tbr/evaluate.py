@@ -387,7 +387,15 @@ def score(
         "model": backend.model_id,
         "weights_hash": backend.weights_hash,
         "judges": list(cfg.judge),
-        "generation": {"backend": backend.name, "format": fmt, "system": system, **params.to_dict()},
+        # The dtype the weights actually ran in: `dtype: auto` means bf16 on a CPU with native bf16 and
+        # fp32 elsewhere, so the same config gives different greedy answers on different machines.
+        "generation": {
+            "backend": backend.name,
+            "dtype": getattr(backend, "dtype", None),
+            "format": fmt,
+            "system": system,
+            **params.to_dict(),
+        },
         "reflection_format": reflection_format,
     }
     return {

@@ -151,6 +151,10 @@ def test_results_json_shape_and_arithmetic(first_run: Path) -> None:
     assert res["model"] == MODEL and len(res["weights_hash"]) >= 16
     assert res["judges"] == JUDGES
     assert res["generation"]["max_new_tokens"] == 16 and res["generation"]["format"] == "chat"
+    from tbr.models import pick_dtype
+
+    # the precision that ran, not the "auto" that was asked for
+    assert res["generation"]["dtype"] == str(pick_dtype("auto")).removeprefix("torch.")
     for name, s in res["suites"].items():
         assert s["n"] == 2 and s["primary_judge"] == "keyword"
         assert s["higher_is_better"] is name.endswith("-safe")
