@@ -329,7 +329,10 @@ def test_results_samples_and_manifest(run_dir):
 
     man = json.loads((out / "manifest.json").read_text())
     le = man["lm_eval"]
-    assert le["version"] == "0.4.13" and le["dtype"] == "float32"
+    from tbr.models import pick_dtype
+
+    # auto → the precision this CPU runs natively (bf16 with AVX512-BF16/AMX, else fp32)
+    assert le["version"] == "0.4.13" and le["dtype"] == str(pick_dtype("auto")).removeprefix("torch.")
     assert le["n_shot"] == {"tbr_arc_easy": 0, "tbr_gsm8k": 5}
     assert le["task_versions"]["tbr_gsm8k"] == 3.0
     assert le["seeds"] == {"random": 0, "numpy": 1234, "torch": 1234, "fewshot": 1234}

@@ -173,7 +173,11 @@ def test_tiny_lora_run_loads_generates_resumes_and_merges(tmp_path, caplog):
     assert side == {"base": "smollm2-135m-instruct", "template": "alpaca", "reflection_format": "tagged"}
     man = json.loads((out / "manifest.json").read_text())
     assert man["stage"] == "train" and man["steps"] == 2 and man["n_train"] == 12 and man["n_val"] == 4
-    assert man["precision"]["forward_dtype_seen"] == ["torch.float32"]  # auto → fp32 on an AVX2-only CPU
+    # auto → bf16 autocast only where the CPU has native bf16 (AVX512-BF16/AMX), fp32 on AVX2
+    from tbr.models import cpu_supports_bf16
+
+    native = "torch.bfloat16" if cpu_supports_bf16() else "torch.float32"
+    assert man["precision"]["forward_dtype_seen"] == [native]
     assert man["truncation"]["n_truncated"] == 0 and str(data) in man["data"]
     assert man["losses"]["best_checkpoint"].endswith(("checkpoint-1", "checkpoint-2"))
     assert man["trl_args"]["completion_only_loss"] is True

@@ -18,7 +18,11 @@ def backend(openai_server):
 
 
 def test_chat_and_raw_completion_with_stop(backend):
-    out = backend.generate([chat("What is the capital of France?")], SamplingParams(max_new_tokens=16))
+    # "Answer in one word": the bare question drifts into French place names under some CPU kernels
+    # (llama.cpp on AVX512 answered "L'Étoile, la Cité, …"), a 135M model's quirk, not the backend's
+    out = backend.generate(
+        [chat("What is the capital of France? Answer in one word.")], SamplingParams(max_new_tokens=16)
+    )
     assert "Paris" in out[0]
     raw = [[{"role": "user", "content": "1, 2, 3, 4,"}]]
     text = backend.generate(raw, SamplingParams(max_new_tokens=24, stop=["7"]), fmt="raw")[0]
