@@ -174,7 +174,7 @@ def select(stages: list[Stage], labels: list[str]) -> list[Stage]:
     """The stages of the named variants plus everything they read, in plan order (all when empty).
 
     Keys do not change, so an arm run alone lands in the same directories as in the full run: a later
-    full run (or `reuse`) skips it, and one worker per arm splits an experiment across machines."""
+    full run (or `reuse`) skips it, and one worker per arm can split an experiment."""
     if not labels:
         return stages
     known = sorted({s.label for s in stages if s.kind == "eval"})
@@ -328,9 +328,10 @@ def execute(
     progress: Callable[[str], None] = _say,
     poll_s: float = 30.0,
 ) -> Path:
-    stages = select(plan(exp), only or [])
+    full = plan(exp)
+    stages = select(full, only or [])
     root.mkdir(parents=True, exist_ok=True)
-    write_manifest(root, "run", exp, extra={"plan": [s.dirname for s in plan(exp)], "only": only or []})
+    write_manifest(root, "run", exp, extra={"plan": [s.dirname for s in full], "only": only or []})
     t0 = time.time()
     done = {s.dirname: (root / s.dirname / "DONE.json").exists() for s in stages}
     # Seconds per stage kind, seeded from stages finished earlier (by a crashed run or another
