@@ -285,6 +285,35 @@ def _adopt(src: Path, out: Path) -> dict[str, Any]:
     return {**info, "reused_from": str(src)}
 
 
+def _auto_is_bf16(hw: dict[str, Any]) -> bool | None:
+    """What `dtype: auto` / `bf16: auto` resolve to on the machine a manifest's `hardware` describes."""
+    return True if hw.get("cuda") else hw.get("cpu_bf16")
+
+
+def precision_note(stage: Stage, out: Path, here_bf16: bool | None) -> str | None:
+    """A warning when a finished stage ran where `auto` precision meant something other than here.
+
+    Keys cover the config, not the precision `auto` resolves to, so a run resumed (or `reuse`d) on
+    another machine would silently mix fp32 and bf16 models (measured: w/o XSTest-safe 0.26 in fp32
+    vs 0.23 in bf16, docs/results.md)."""
+    if stage.kind == "build" or stage.values.get("backend") == "openai":
+        return None  # no local weights ran (builds; reflections from an endpoint)
+    pinned = stage.values.get("bf16" if stage.kind == "train" else "dtype", "auto")
+    if str(pinned).lower() != "auto":
+        return None
+    try:
+        there = _auto_is_bf16(json.loads((out / "manifest.json").read_text())["hardware"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if there is None or here_bf16 is None or there == here_bf16:
+        return None
+    name = {True: "bf16", False: "fp32"}
+    return (
+        f"{stage.dirname} ran in {name[there]} (precision auto there), this machine's auto is "
+        f"{name[here_bf16]}: the run mixes precisions; pin `dtype` / `bf16` to compare across machines"
+    )
+
+
 def _fmt_s(s: float) -> str:
     return f"{int(s // 3600)}:{int(s % 3600 // 60):02d}:{int(s % 60):02d}"
 
@@ -337,10 +366,20 @@ def execute(
     # Seconds per stage kind, seeded from stages finished earlier (by a crashed run or another
     # worker), so the time-left estimate is useful from the first stage of a resumed run.
     durations: dict[str, float] = {}
+    from tbr.config import hardware
+
+    here_bf16 = _auto_is_bf16(hardware())
+
+    def warn_precision(stage: Stage) -> None:
+        if note := precision_note(stage, root / stage.dirname, here_bf16):
+            log.warning(note)
+            progress(f"warning: {note}")
+
     for i, stage in enumerate(stages, 1):
         if done[stage.dirname]:
             durations[stage.kind] = _stage_seconds(root / stage.dirname)
             progress(f"[{i}/{len(stages)}] {stage.dirname}: done earlier, skipped")
+            warn_precision(stage)
     waiting = False
     while not all(done.values()):
         ran = False
@@ -361,6 +400,7 @@ def execute(
                     durations[stage.kind] = _stage_seconds(out)
                     done[stage.dirname] = ran = True
                     progress(f"[{i}/{len(stages)}] {stage.dirname}: same inputs finished in {src}, copied")
+                    warn_precision(stage)
                     break
                 # Time left: duration of finished stages of the same kind, times the stages still to run.
                 left = sum(durations.get(s.kind, 0.0) for s in stages if not done[s.dirname])

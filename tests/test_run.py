@@ -11,7 +11,16 @@ import pytest
 
 from tbr.config import build
 from tbr.errors import ConfigError
-from tbr.run import Experiment, _claim, execute, load_experiment, plan, select, write_report
+from tbr.run import (
+    Experiment,
+    _claim,
+    execute,
+    load_experiment,
+    plan,
+    precision_note,
+    select,
+    write_report,
+)
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -102,6 +111,33 @@ def test_only_selects_an_arm_and_what_it_reads():
     assert select(stages, []) == stages
     with pytest.raises(ConfigError, match="external-g1, internal-g1, wo-g0.0"):
         select(stages, ["external-g0.5"])
+
+
+def test_a_stage_finished_where_auto_precision_differs_is_flagged(tmp_path):
+    stages = {(s.kind, s.label): s for s in plan(_exp(sources=["internal", "external"]))}
+
+    def finished(stage, hardware):
+        out = tmp_path / stage.dirname
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "manifest.json").write_text(json.dumps({"hardware": hardware}))
+        return out
+
+    fp32_box = {"cuda": False, "cpu_bf16": False}
+    for kind in ("train", "eval", "general", "reflect"):
+        stage = stages[(kind, "internal-g1" if kind != "reflect" else "internal")]
+        out = finished(stage, fp32_box)
+        note = precision_note(stage, out, here_bf16=True)
+        assert note and "ran in fp32" in note and "auto is bf16" in note, kind
+        assert precision_note(stage, out, here_bf16=False) is None  # same machine kind
+    gpu = stages[("eval", "wo-g0.0")]
+    assert "ran in bf16" in precision_note(gpu, finished(gpu, {"cuda": True}), here_bf16=False)
+    # nothing ran locally, or the precision was pinned: nothing to flag
+    for key in (("build", "internal-g1"), ("reflect", "external")):
+        assert precision_note(stages[key], finished(stages[key], fp32_box), here_bf16=True) is None
+    ev = stages[("eval", "internal-g1")]
+    pinned = dataclasses.replace(ev, values={**ev.values, "dtype": "fp32"})
+    assert precision_note(pinned, tmp_path / ev.dirname, here_bf16=True) is None
+    assert precision_note(ev, tmp_path / "missing", here_bf16=True) is None
 
 
 def test_bad_experiments_are_refused():
