@@ -14,6 +14,7 @@ from tbr import evaluate as ev
 from tbr.cli import main
 from tbr.errors import ConfigError, DataError
 from tbr.io import read_jsonl
+from tbr.models import pick_dtype
 
 FIXTURE_DATA = Path(__file__).parent / "data" / "fixtures"  # the data engineer's self-written mini data dir
 MODEL = "smollm2-135m-instruct"
@@ -151,8 +152,6 @@ def test_results_json_shape_and_arithmetic(first_run: Path) -> None:
     assert res["model"] == MODEL and len(res["weights_hash"]) >= 16
     assert res["judges"] == JUDGES
     assert res["generation"]["max_new_tokens"] == 16 and res["generation"]["format"] == "chat"
-    from tbr.models import pick_dtype
-
     # the precision that ran, not the "auto" that was asked for
     assert res["generation"]["dtype"] == str(pick_dtype("auto")).removeprefix("torch.")
     for name, s in res["suites"].items():

@@ -15,6 +15,7 @@ import pytest
 from tbr.config import build
 from tbr.errors import ConfigError, DataError
 from tbr.general import GeneralConfig, data_files, general, model_args, summary_lines, task_names
+from tbr.models import pick_dtype
 from tbr.reflection import CLOSE_TAG, join
 from tbr.tasks import TASKS_DIR, local
 
@@ -329,8 +330,6 @@ def test_results_samples_and_manifest(run_dir):
 
     man = json.loads((out / "manifest.json").read_text())
     le = man["lm_eval"]
-    from tbr.models import pick_dtype
-
     # auto → the precision this CPU runs natively (bf16 with AVX512-BF16/AMX, else fp32)
     assert le["version"] == "0.4.13" and le["dtype"] == str(pick_dtype("auto")).removeprefix("torch.")
     assert le["n_shot"] == {"tbr_arc_easy": 0, "tbr_gsm8k": 5}

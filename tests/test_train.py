@@ -20,6 +20,7 @@ import pytest
 
 from tbr.config import build
 from tbr.errors import ConfigError, DataError
+from tbr.models import cpu_supports_bf16
 from tbr.train import TrainConfig, load_rows, split_rows
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -174,8 +175,6 @@ def test_tiny_lora_run_loads_generates_resumes_and_merges(tmp_path, caplog):
     man = json.loads((out / "manifest.json").read_text())
     assert man["stage"] == "train" and man["steps"] == 2 and man["n_train"] == 12 and man["n_val"] == 4
     # auto → bf16 autocast only where the CPU has native bf16 (AVX512-BF16/AMX), fp32 on AVX2
-    from tbr.models import cpu_supports_bf16
-
     native = "torch.bfloat16" if cpu_supports_bf16() else "torch.float32"
     assert man["precision"]["forward_dtype_seen"] == [native]
     assert man["truncation"]["n_truncated"] == 0 and str(data) in man["data"]
