@@ -45,12 +45,11 @@ from tbr.generate import (
     make_backend,
 )
 from tbr.io import JsonlAppender, read_jsonl_tolerant, stable_hash, write_json_atomic
-from tbr.judge.base import JudgeItem
+from tbr.judge.base import Judge, JudgeItem
 
 log = logging.getLogger(__name__)
 
 EVAL_FORMATS = ("chat", "alpaca")  # alpaca: what trained TBR models see (paper Fig. 10)
-RULE_JUDGES = ("keyword", "xstest-strmatch")  # no endpoint, so their identity is just the name
 JUDGE_CHUNK = 32  # verdicts are written after every chunk, so a crash loses at most this many
 Z95 = 1.959963984540054
 
@@ -188,7 +187,7 @@ def summarize(rows: Sequence[dict[str, Any]], judge_names: Sequence[str]) -> dic
 # ----------------------------------------------------------------------------- generation and judging
 
 
-def build_judges(names: Sequence[str], cfg: Any) -> list[Any]:
+def build_judges(names: Sequence[str], cfg: Any) -> list[Judge]:
     from tbr.judge import make_judge  # imported here: some judges pull in heavy clients
 
     return [
@@ -205,26 +204,12 @@ def build_judges(names: Sequence[str], cfg: Any) -> list[Any]:
     ]
 
 
-def judge_settings(name: str, cfg: Any) -> dict[str, Any]:
-    """A judge's identity: rule judges are their name; endpoint judges also their endpoint and model."""
-    if name in RULE_JUDGES:
-        return {"name": name}
-    limit = cfg.judge_max_tokens  # a longer reply can change a verdict
-    return {
-        "name": name,
-        "api_base": cfg.judge_api_base,
-        "api_model": cfg.judge_api_model,
-        **({"max_tokens": limit} if limit else {}),
-    }
-
-
-def _judge_all(
-    judges: Sequence[Any], settings: Sequence[dict[str, Any]], items: list[Any], path: Path
-) -> list[dict[str, dict[str, Any]]]:
+def _judge_all(judges: Sequence[Judge], items: list[Any], path: Path) -> list[dict[str, dict[str, Any]]]:
     """Per item, {judge name: verdict row}; non-error verdicts already in `path` are reused.
 
-    A verdict is keyed by the judge's identity and the exact text it judged (prompt, response, answer),
-    so a changed reflection split or judge endpoint is judged afresh, never served from a stale row.
+    A verdict is keyed by the judge's identity (Judge.identity(): its rules, strings or prompt, endpoint,
+    model, reply limit) and the exact text it judged (prompt, response, answer), so a changed reflection
+    split, rule list, prompt or endpoint is judged afresh, never served from a stale row.
     """
     old, torn = read_jsonl_tolerant(path)
     if torn:
@@ -233,8 +218,8 @@ def _judge_all(
     done = {row["vkey"]: row for row in old if row.get("error") is None}
     out_rows: list[dict[str, dict[str, Any]]] = [{} for _ in items]
     with JsonlAppender(path) as out:
-        for judge, setting in zip(judges, settings, strict=True):
-            jid = stable_hash(setting)
+        for judge in judges:
+            jid = judge.identity()
             vkeys = [
                 stable_hash({"judge": jid, "q": it.prompt, "r": it.response, "a": it.answer}, length=32)
                 for it in items
@@ -243,23 +228,22 @@ def _judge_all(
             todo = list({k: i for i, k in enumerate(vkeys) if k not in done}.values())
             if todo:
                 log.info(
-                    "judge %s: %d to judge, %d reused", setting["name"], len(todo), len(items) - len(todo)
+                    "judge %s: %d to judge, %d reused", judge.name, len(todo), len(items) - len(todo)
                 )
             for start in range(0, len(todo), JUDGE_CHUNK):
                 chunk = todo[start : start + JUDGE_CHUNK]
                 for i, v in zip(chunk, judge.judge([items[i] for i in chunk]), strict=True):
-                    row = {"vkey": vkeys[i], "judge": setting["name"], **v.to_dict()}
+                    row = {"vkey": vkeys[i], **v.to_dict()}
                     out.write(row)
                     done[vkeys[i]] = row
             for i, k in enumerate(vkeys):
-                out_rows[i][setting["name"]] = done[k]
+                out_rows[i][judge.name] = done[k]
     return out_rows
 
 
 def collect(
     backend: Any,
-    judges: Sequence[Any],
-    settings: Sequence[dict[str, Any]],
+    judges: Sequence[Judge],
     items: Sequence[Item],
     out_dir: Path,
     params: SamplingParams,
@@ -286,7 +270,7 @@ def collect(
         JudgeItem(it.record.prompt, g["response"], sp.answer, sp.reflection)
         for it, g, sp in zip(items, gens, splits, strict=True)
     ]
-    verdicts = _judge_all(judges, settings, jitems, out_dir / "verdicts.jsonl")
+    verdicts = _judge_all(judges, jitems, out_dir / "verdicts.jsonl")
     t2 = time.perf_counter()
     rows = []
     for it, g, sp, vs in zip(items, gens, splits, verdicts, strict=True):
@@ -374,14 +358,13 @@ def score(
     `backend`: an already loaded model for cfg.model (the experiment runner reuses one across stages).
     """
     out = Path(cfg.out)  # type: ignore[arg-type]
-    settings = [judge_settings(n, cfg) for n in cfg.judge]
     judges = build_judges(cfg.judge, cfg)  # a bad judge name fails before the model loads
     t0 = time.perf_counter()
     backend = backend or make_backend(cfg)
     load_s = time.perf_counter() - t0
     params = cfg.sampling()
     rows, timing = collect(
-        backend, judges, settings, items, out, params, fmt=fmt, reflection_format=reflection_format
+        backend, judges, items, out, params, fmt=fmt, reflection_format=reflection_format
     )
     header = {
         "model": backend.model_id,
@@ -404,9 +387,7 @@ def score(
         "rows": rows,
         "models": [model_manifest(backend)],
         "manifest_extra": {
-            "judges": [
-                getattr(j, "describe", lambda s=s: s)() for j, s in zip(judges, settings, strict=True)
-            ],
+            "judges": [{**j.describe(), "identity": j.identity()} for j in judges],
             "generation": header["generation"],
             "reflection_format": {
                 "format": reflection_format,

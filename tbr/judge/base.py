@@ -1,5 +1,10 @@
 """The judge Protocol. A verdict is a label or an error, never both: a judge that fails (unparseable
 output, a dead endpoint) records an error, which is counted apart and excluded from rates.
+
+Every judge describes itself (`describe()`: what the manifest records) and names its identity
+(`identity()`: a hash of everything that can change a verdict: its rules, strings, prompt, endpoint,
+model, reply limit). Cached verdicts are keyed by that identity, so a judge with other rules or
+another prompt never reuses a verdict of a different judge that happens to share its name.
 """
 
 from __future__ import annotations
@@ -7,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
+
+from tbr.io import stable_hash
 
 # XSTest's three classes.
 LABELS = ("full_compliance", "full_refusal", "partial_refusal")
@@ -46,3 +53,16 @@ class Judge(Protocol):
     name: str
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]: ...
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able settings for the manifest: everything that can change a verdict, no secrets."""
+        ...
+
+    def identity(self) -> str:
+        """A stable hash of describe() (use `identity_of`); the verdict cache key."""
+        ...
+
+
+def identity_of(description: dict[str, Any]) -> str:
+    """The identity of a judge that describes itself so: a hash of its whole description."""
+    return stable_hash({"judge": description}, length=32)

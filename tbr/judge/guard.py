@@ -19,7 +19,7 @@ from typing import Any
 from tbr.generate.base import SamplingParams, chat
 from tbr.generate.openai import OpenAIBackend
 from tbr.io import stable_hash
-from tbr.judge.base import JudgeItem, Verdict
+from tbr.judge.base import JudgeItem, Verdict, identity_of
 from tbr.judge.llm import neutralize_markers, to_verdicts
 from tbr.prompts import LLAMA_GUARD_3_PROMPT
 
@@ -67,6 +67,9 @@ class GuardJudge:
         replies = self.backend.generate_results([self.conversation(it) for it in items], self.params)
         return to_verdicts(self.name, replies, guard_label)
 
+    def identity(self) -> str:
+        return identity_of(self.describe())
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
@@ -74,8 +77,6 @@ class GuardJudge:
             "model": self.backend.model_id,
             "prompt": "Llama Guard 3 format (tbr.prompts.LLAMA_GUARD_3_PROMPT)",
             "question": "was the answer harmful (unsafe → full_compliance, safe → full_refusal)",
-            "prompt_hash": stable_hash(
-                LLAMA_GUARD_3_PROMPT
-            ),  # a changed prompt must not reuse cached verdicts
+            "prompt_hash": stable_hash(LLAMA_GUARD_3_PROMPT),  # a changed prompt: new verdicts
             "sampling": self.params.to_dict(),
         }

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tbr.judge.base import JudgeItem, Verdict
+from tbr.judge.base import JudgeItem, Verdict, identity_of
 from tbr.prompts import PAPER_REFUSAL_STRINGS
 
 # Apostrophe look-alikes seen in model output → the ASCII apostrophe the refusal strings use.
@@ -43,6 +43,9 @@ class KeywordJudge:
             hit = self.match(item.answer)  # the answer only: a reflection may say "illegal", "I cannot"
             out.append(Verdict(self.name, "full_refusal" if hit else "full_compliance", hit or ""))
         return out
+
+    def identity(self) -> str:
+        return identity_of(self.describe())
 
     def describe(self) -> dict[str, Any]:
         return {

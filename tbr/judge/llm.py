@@ -15,7 +15,7 @@ from tbr.errors import ConfigError
 from tbr.generate.base import SamplingParams, chat
 from tbr.generate.openai import OpenAIBackend
 from tbr.io import stable_hash
-from tbr.judge.base import JudgeItem, Verdict
+from tbr.judge.base import JudgeItem, Verdict, identity_of
 from tbr.prompts import XSTEST_JUDGE_MAX_TOKENS, XSTEST_JUDGE_PROMPT, XSTEST_JUDGE_SYSTEM
 
 # XSTest's class names; the number must agree with the name when the reply gives one.
@@ -80,15 +80,17 @@ class LLMJudge:
         replies = self.backend.generate_results([self.conversation(it) for it in items], self.params)
         return to_verdicts(self.name, replies, parse_verdict)
 
+    def identity(self) -> str:
+        return identity_of(self.describe())
+
     def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "endpoint": self.backend.base_url,
             "model": self.backend.model_id,
             "prompt": "XSTest classify_completions_gpt.py",
-            "prompt_hash": stable_hash(
-                XSTEST_JUDGE_PROMPT
-            ),  # a changed prompt must not reuse cached verdicts
+            # A changed prompt or system message must not reuse cached verdicts.
+            "prompt_hash": stable_hash([XSTEST_JUDGE_SYSTEM, XSTEST_JUDGE_PROMPT]),
             "sampling": self.params.to_dict(),
             "judged_text": "full response" if self.full_response else "answer part",
         }

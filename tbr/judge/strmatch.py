@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tbr.judge.base import JudgeItem, Verdict
+from tbr.judge.base import JudgeItem, Verdict, identity_of
 from tbr.prompts import XSTEST_REFUSAL_PREFIXES
 
 
@@ -30,6 +30,9 @@ class StrmatchJudge:
             hit = strmatch_prefix(item.answer)
             out.append(Verdict(self.name, "full_refusal" if hit else "full_compliance", hit or ""))
         return out
+
+    def identity(self) -> str:
+        return identity_of(self.describe())
 
     def describe(self) -> dict[str, Any]:
         return {
