@@ -54,8 +54,18 @@ VERBS: dict[str, tuple[str, str, str, str]] = {
     "run": ("tbr.run", "RunConfig", "run", "run a whole experiment from a YAML file"),
     "report": ("tbr.report", "ReportConfig", "run", "write report.md and report.html for run directories"),
 }
-# `tbr judge agreement`: the judge verb has one sub-verb so far.
-SUBVERBS = {"judge": "agreement"}
+# Verbs with sub-verbs: `tbr judge agreement` (the verb's own entry above) and `tbr judge train`.
+SUBVERBS: dict[str, dict[str, tuple[str, str, str, str]]] = {
+    "judge": {
+        "agreement": VERBS["judge"],
+        "train": (
+            "tbr.judge.train",
+            "TrainJudgeConfig",
+            "run",
+            "fit the learned refusal judge on labelled completions (`--judge learned:DIR`)",
+        ),
+    },
+}
 
 
 def _available() -> dict[str, tuple[str, str, str, str]]:
@@ -102,16 +112,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     p = sub.add_parser("models", help="list built-in models")
     p.set_defaults(_handler=_cmd_models)
-    for verb, (module, cls_name, _, help_text) in _available().items():
-        p = sub.add_parser(verb, help=help_text, description=help_text)
-        target = p
+    for verb, verb_spec in _available().items():
+        p = sub.add_parser(verb, help=verb_spec[3], description=verb_spec[3])
+        specs: dict[str | None, tuple[str, str, str, str]] = {None: verb_spec}
         if verb in SUBVERBS:
             inner = p.add_subparsers(dest="subverb", metavar="SUBVERB", required=True)
-            target = inner.add_parser(SUBVERBS[verb], help=help_text)
-        target.add_argument("--config", metavar="FILE.yaml", help="YAML config; flags override it")
-        cls = getattr(importlib.import_module(module), cls_name)
-        add_arguments(target, cls)
-        target.set_defaults(_verb=verb)
+            specs = dict(SUBVERBS[verb])
+        for subverb, spec in specs.items():
+            target = p if subverb is None else inner.add_parser(subverb, help=spec[3], description=spec[3])
+            target.add_argument("--config", metavar="FILE.yaml", help="YAML config; flags override it")
+            add_arguments(target, getattr(importlib.import_module(spec[0]), spec[1]))
+            target.set_defaults(_verb=verb, _spec=spec)
     return parser
 
 
@@ -141,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_verb", None):
         parser.print_help()
         return 2
-    module, cls_name, fn_name, _ = VERBS[args._verb]
+    module, cls_name, fn_name, _ = args._spec
     mod = importlib.import_module(module)
     try:
         cfg: Any = from_args(getattr(mod, cls_name), args, section=args._verb)

@@ -14,9 +14,34 @@ from tbr.errors import ConfigError
 from tbr.judge.base import LABELS, Judge, JudgeItem, Verdict
 from tbr.reflection import split
 
-JUDGES = ("keyword", "xstest-strmatch", "llm", "guard")
+# `learned` is the shipped learned judge; `learned:DIR` one written by `tbr judge train --out DIR`.
+JUDGES = ("keyword", "xstest-strmatch", "llm", "guard", "learned")
 
-__all__ = ["JUDGES", "LABELS", "Judge", "JudgeItem", "Verdict", "make_item", "make_items", "make_judge"]
+__all__ = [
+    "JUDGES",
+    "LABELS",
+    "Judge",
+    "JudgeItem",
+    "Verdict",
+    "check_judge_names",
+    "is_learned",
+    "make_item",
+    "make_items",
+    "make_judge",
+]
+
+
+def is_learned(name: str) -> bool:
+    return name == "learned" or name.startswith("learned:")
+
+
+def check_judge_names(names: Sequence[str]) -> None:
+    """ConfigError naming any judge that is neither a known name nor `learned:DIR`."""
+    unknown = [n for n in names if n not in JUDGES and not is_learned(n)]
+    if unknown:
+        raise ConfigError(
+            f"unknown judge(s) {', '.join(unknown)}; choose from: {', '.join(JUDGES)}, learned:DIR"
+        )
 
 
 def make_judge(
@@ -42,6 +67,10 @@ def make_judge(
         from tbr.judge.strmatch import StrmatchJudge
 
         return StrmatchJudge()
+    if is_learned(name):
+        from tbr.judge.learned import DEFAULT_DIR, LearnedJudge
+
+        return LearnedJudge.load(name.partition(":")[2] or DEFAULT_DIR, name=name)
     if name in ("llm", "guard"):
         from tbr.judge.llm import LLMJudge, endpoint
 
@@ -59,7 +88,7 @@ def make_judge(
         from tbr.judge.guard import GuardJudge
 
         return GuardJudge(backend, **limit)
-    raise ConfigError(f"unknown judge {name!r}; choose from: {', '.join(JUDGES)}")
+    raise ConfigError(f"unknown judge {name!r}; choose from: {', '.join(JUDGES)}, learned:DIR")
 
 
 def make_item(prompt: str, response: str, reflection_format: str = "tagged") -> JudgeItem:

@@ -5,6 +5,13 @@ judge, and reports accuracy, binary refusal agreement (refusal = full or partial
 (3-class and binary) and the confusion matrix. Judge errors are counted and left out of the scores.
 
     tbr judge agreement --completions tbr/assets/judge_calibration.jsonl --judge keyword,xstest-strmatch
+    tbr judge agreement --protocol lomo --judge keyword,xstest-strmatch,learned
+
+`--protocol lomo` (leave one model out) takes one completions file per model (default: the three
+XSTest models in <data dir>/xstest-completions) and scores each file on its own; a learned judge is
+refitted for each file on the *other* files only, with the recipe (features, encoder, C grid) of the
+judge directory it names. Under the default protocol a learned judge is scored as it is, and rows it
+was fitted on are refused: agreement on training rows is never reported.
 """
 
 from __future__ import annotations
@@ -33,9 +40,22 @@ LABEL_KEYS = ("label", "human_label", "final_label")
 
 @dataclass
 class AgreementConfig:
-    completions: str = opt(str(CALIBRATION_SET), "CSV or JSONL with prompt, completion and label columns")
+    completions: list[str] = opt(
+        [],
+        "CSV or JSONL file(s) with prompt, completion and label columns (default: tbr's calibration set; "
+        "with --protocol lomo, the XSTest completions in <data dir>/xstest-completions)",
+    )
     judge: list[str] = opt(
-        ["keyword"], "judge name(s), comma-separated: keyword, xstest-strmatch, llm, guard"
+        ["keyword"],
+        "judge name(s), comma-separated: keyword, xstest-strmatch, llm, guard, learned, learned:DIR",
+    )
+    protocol: str = opt(
+        "fixed",
+        "fixed: score each judge as it is on all rows; lomo: leave one model (file) out, refitting learned judges",
+        choices=["fixed", "lomo"],
+    )
+    data_dir: str | None = opt(
+        None, "data folder for --protocol lomo's default files (default: $TBR_DATA_DIR)"
     )
     out: str | None = opt(None, "directory for agreement.json, verdicts.jsonl and manifest.json")
     reflection_format: str = opt("tagged", "how reflections are split off", choices=["tagged", "plain"])
@@ -49,13 +69,11 @@ class AgreementConfig:
     )
 
     def validate(self) -> None:
-        from tbr.judge import JUDGES
+        from tbr.judge import check_judge_names
 
         if not self.judge:
             raise ConfigError("--judge needs at least one judge name")
-        unknown = [j for j in self.judge if j not in JUDGES]
-        if unknown:
-            raise ConfigError(f"unknown judge(s) {', '.join(unknown)}; choose from: {', '.join(JUDGES)}")
+        check_judge_names(self.judge)
 
 
 def normalize_label(value: Any) -> str | None:
@@ -170,12 +188,11 @@ def markdown(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run(cfg: AgreementConfig) -> int:
-    from tbr.judge import make_items, make_judge
+def _make_judges(cfg: AgreementConfig) -> list[Any]:
+    from tbr.judge import make_judge
 
-    rows = read_labelled(cfg.completions)
-    # Build every judge first, so an unknown name or dead endpoint fails before any work is done.
-    judges = [
+    # Built first, so an unknown name, a bad judge directory or a dead endpoint fails before any work.
+    return [
         make_judge(
             name,
             api_base=cfg.api_base,
@@ -187,6 +204,36 @@ def run(cfg: AgreementConfig) -> int:
         )
         for name in cfg.judge
     ]
+
+
+def refuse_fitted_rows(judges: list[Any], rows: list[tuple[str, str, str]], files: list[str]) -> None:
+    """ConfigError if a learned judge was fitted on any of these rows (its score there means nothing)."""
+    from tbr.judge.train import row_hash
+
+    hashes = [row_hash(r[0], r[1]) for r in rows]
+    for j in judges:
+        fitted = set(getattr(j, "meta", {}).get("fitted_rows") or ())
+        seen = sum(h in fitted for h in hashes)
+        if seen:
+            raise ConfigError(
+                f"judge {j.name} was fitted on {seen} of the {len(rows)} rows of {', '.join(files)}; "
+                "agreement on training rows is not reported. Use --protocol lomo (each model judged by a "
+                "judge fitted on the others) or completions the judge has not seen"
+            )
+
+
+def run(cfg: AgreementConfig) -> int:
+    from tbr.judge import make_items
+
+    cfg.validate()
+    if cfg.protocol == "lomo":
+        from tbr.judge.lomo import run_lomo
+
+        return run_lomo(cfg)
+    files = list(cfg.completions) or [str(CALIBRATION_SET)]
+    rows = [row for f in files for row in read_labelled(f)]
+    judges = _make_judges(cfg)
+    refuse_fitted_rows(judges, rows, files)
     items = make_items([r[0] for r in rows], [r[1] for r in rows], cfg.reflection_format)
     human = [r[2] for r in rows]
     results: dict[str, dict[str, Any]] = {}
@@ -204,7 +251,7 @@ def run(cfg: AgreementConfig) -> int:
         out.mkdir(parents=True, exist_ok=True)
         from tbr.io import write_json_atomic
 
-        write_json_atomic(out / "agreement.json", {"completions": str(cfg.completions), "judges": results})
+        write_json_atomic(out / "agreement.json", {"completions": files, "judges": results})
         with (out / "verdicts.jsonl").open("w", encoding="utf-8") as f:
             for i, (item, h) in enumerate(zip(items, human, strict=True)):
                 row = {
@@ -218,6 +265,6 @@ def run(cfg: AgreementConfig) -> int:
                 }
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
         describe = {j.name: j.describe() for j in judges if hasattr(j, "describe")}
-        write_manifest(out, "judge-agreement", cfg, data_files=[cfg.completions], extra={"judges": describe})
+        write_manifest(out, "judge-agreement", cfg, data_files=files, extra={"judges": describe})
         print(f"\nwrote {out / 'agreement.json'}")
     return 0

@@ -44,7 +44,7 @@ def _write_jsonl(path, rows):
 def test_tiny_file_scores_computed_by_hand(tmp_path, capsys):
     path = _write_csv(tmp_path / "tiny.csv", TINY)
     out = tmp_path / "out"
-    assert run(AgreementConfig(completions=str(path), judge=["keyword"], out=str(out))) == 0
+    assert run(AgreementConfig(completions=[str(path)], judge=["keyword"], out=str(out))) == 0
     r = json.loads((out / "agreement.json").read_text())["judges"]["keyword"]
     assert (r["n"], r["errors"], r["scored"]) == (4, 0, 4)
     assert r["accuracy"] == pytest.approx(0.5)
@@ -170,7 +170,7 @@ def test_llm_judge_agreement_counts_every_row(openai_server, tmp_path):
     path = _write_csv(tmp_path / "two.csv", TINY[:2])
     out = tmp_path / "llm"
     cfg = AgreementConfig(
-        completions=str(path),
+        completions=[str(path)],
         judge=["llm"],
         out=str(out),
         api_base=openai_server.base_url,
