@@ -42,7 +42,7 @@ class BuildConfig:
         "stl-safety", "with gamma 0 and no --reflections: stl-safety, hh-rlhf, demo-safety or a file"
     )
     categorizer: str = opt(
-        "keyword", "categorizer for --safety-source (keyword only here)", choices=("keyword",)
+        "keyword", "categorizer for --safety-source (keyword or embed here)", choices=("keyword", "embed")
     )
     safety_n: int = opt(200, "safety samples (-1: all usable)")
     general_source: str = opt(
@@ -110,7 +110,11 @@ def _safety_pool(cfg: BuildConfig) -> tuple[list[dict[str, Any]], list[Path], di
             m = json.loads(mpath.read_text())
             info["reflection_source"] = m.get("config", {}).get("source")
             info["reflection_models"] = m.get("models")
+            cats = (m.get("safety_data") or {}).get("categories") or {}
+            # which keyword asset (and encoder) assigned the categories the sample is stratified by
+            info["categories"] = {k: cats.get(k) for k in ("method", "keywords_asset", "encoder", "coverage")}
         return usable, [path], info
+    from tbr.categories import CATEGORIES
     from tbr.reflect import load_safety
 
     prompts, report, files = load_safety(cfg.safety_source, cfg.data_dir, cfg.categorizer)
@@ -124,7 +128,7 @@ def _safety_pool(cfg: BuildConfig) -> tuple[list[dict[str, Any]], list[Path], di
             "reflection": None,
         }
         for p in prompts
-        if p.category is not None
+        if p.category in CATEGORIES  # `other` (with its reason) is never a refusal target
     ]
     return pool, files, {"safety_data": report}
 

@@ -1,13 +1,19 @@
-"""The paper's seven harm categories (App. B.1, Fig. 11), two ways to assign them, and stratified sampling.
+"""The paper's seven harm categories (App. B.1, Fig. 11), three ways to assign them, and stratified sampling.
 
-The paper says neither how categories were assigned nor how the 200 safety samples were drawn; we
-offer an LLM classifier (any OpenAI-compatible endpoint, strict parsing, failures counted) and a
-transparent keyword classifier whose lists are below. A prompt that fits no category is reported as
-uncategorised and left out of stratified samples: it is never forced into a category.
+The paper says neither how categories were assigned nor how the 200 safety samples were drawn. Every
+prompt ends in one of the seven or in an explicit `other` with a reason, and `other` is never drawn:
+  keyword  the seed keywords of tbr/assets/category_keywords.json alone (high precision, low recall:
+           a prompt no seed matches is `other`, reason no_keyword);
+  embed    (default of the local configs) seed prompts keep their keyword group; every other prompt
+           goes to the nearest centroid of the seed prompts' sentence embeddings (tbr.embed), or is
+           `other` ("far") when no centroid is close. Checked against a hand-labelled sample
+           (tbr/assets/category_labels.jsonl, docs/results.md);
+  llm      any OpenAI-compatible endpoint, strict parsing, failures counted.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections import Counter
@@ -17,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tbr.errors import DataError, EndpointError
-from tbr.io import JsonlAppender, read_jsonl_tolerant, stable_hash
+from tbr.io import JsonlAppender, read_jsonl_tolerant, sha256_text, stable_hash
 
 # Machine names, in the paper's Figure 11 order, with the display names and the counts read off it.
 CATEGORIES = (
@@ -47,357 +53,56 @@ PAPER_COUNTS = {
     "suicide_self_harm": 28,
     "guns_illegal_weapons": 32,
 }
-CATEGORIZERS = ("keyword", "llm")
+CATEGORIZERS = ("keyword", "embed", "llm")
+# embed: a prompt further than this (cosine) from every centroid is `other` ("far").
+EMBED_MIN_SIM = 0.3
 
-# --------------------------------------------------------------------------- keyword classifier
-# An entry is a word or phrase matched case-insensitively at word boundaries, with an optional English
-# inflection on its last word (s, es, ed, ing, er, ers, ings); a trailing "*" makes it a prefix instead
-# ("suicid*" matches "suicide", "suicidal"). A space matches any run of whitespace. A prompt gets the
-# category with the most distinct hits; ties go to the category listed first in KEYWORD_PRIORITY (the
-# most specific first; violent crimes, the broadest, last). No hit at all → uncategorised.
-KEYWORDS: dict[str, tuple[str, ...]] = {
-    "suicide_self_harm": (
-        "suicid*",
-        "kill myself",
-        "killing myself",
-        "kill yourself",
-        "killing yourself",
-        "end my life",
-        "end your life",
-        "take my own life",
-        "take your own life",
-        "self-harm",
-        "self harm",
-        "cut myself",
-        "cutting myself",
-        "cut yourself",
-        "cutting yourself",
-        "hurt myself",
-        "hurt yourself",
-        "harm myself",
-        "harm yourself",
-        "overdose",
-        "starve myself",
-        "starve yourself",
-        "anorexi*",
-        "bulimi*",
-        "hang myself",
-        "hang yourself",
-        "want to die",
-        "slit my wrist",
-        "slit your wrist",
-        "jump off",
-        "kill themselves",
-        "hurt themselves",
-        "self-injur*",
-        "painless way",
-        "end it all",
-        "eating disorder",
-    ),
-    "guns_illegal_weapons": (
-        "gun",
-        "firearm",
-        "rifle",
-        "pistol",
-        "handgun",
-        "shotgun",
-        "ammo",
-        "ammunition",
-        "bullet",
-        "silencer",
-        "suppressor",
-        "weapon",
-        "bomb",
-        "explosive",
-        "grenade",
-        "molotov",
-        "detonat*",
-        "napalm",
-        "nerve agent",
-        "sarin",
-        "ricin",
-        "anthrax",
-        "bioweapon",
-        "chemical weapon",
-        "ar-15",
-        "ak-47",
-        "switchblade",
-        "brass knuckle",
-        "gunpowder",
-        "dynamite",
-        "c4",
-        "blow up",
-        "blowing up",
-        "toxin",
-        "botulism",
-        "acid attack",
-        "land mine",
-        "missile",
-        "knife",
-        "knives",
-    ),
-    "sexual_content": (
-        "sex",
-        "sexual*",
-        "sexy",
-        "porn*",
-        "nude*",
-        "naked",
-        "erotic*",
-        "orgasm*",
-        "prostitut*",
-        "escort",
-        "hooker",
-        "stripper",
-        "fetish*",
-        "genital*",
-        "penis",
-        "vagina*",
-        "boob*",
-        "breast",
-        "horny",
-        "masturbat*",
-        "rape",
-        "rapist",
-        "molest*",
-        "incest*",
-        "onlyfans",
-        "xxx",
-        "seduc*",
-        "aroused",
-        "intercourse",
-        "whore",
-        "slut",
-        "threesome",
-        "blowjob",
-        "sext*",
-    ),
-    "privacy": (
-        "address of",
-        "home address",
-        "phone number",
-        "social security",
-        "ssn",
-        "credit card number",
-        "password",
-        "personal information",
-        "private information",
-        "personal data",
-        "email address",
-        "dox*",
-        "stalk",
-        "spy on",
-        "track someone",
-        "track down",
-        "location of",
-        "where does",
-        "live",
-        "medical record",
-        "bank account",
-        "login",
-        "hack into",
-        "hacking into",
-        "surveil*",
-        "wiretap*",
-        "eavesdrop*",
-        "secretly record",
-        "hidden camera",
-        "read someone's",
-        "identity theft",
-        "date of birth",
-        "license plate",
-        "private messages",
-        "their address",
-        "your address",
-        "peep*",
-        "spyware",
-        "cell phone number",
-        "ip address",
-        "who lives",
-    ),
-    "fake_news": (
-        "fake news",
-        "misinformation",
-        "disinformation",
-        "propaganda",
-        "conspiracy",
-        "conspiracies",
-        "hoax",
-        "false story",
-        "false news",
-        "fake story",
-        "fake article",
-        "fabricat*",
-        "false claim",
-        "false information",
-        "rumor",
-        "rumour",
-        "defam*",
-        "slander*",
-        "libel*",
-        "fake review",
-        "mislead*",
-        "deepfake",
-        "fake",
-        "spread lies",
-        "lie about",
-        "election fraud",
-        "rigged",
-        "bad company",
-        "flat earth",
-        "hoaxes",
-        "smear",
-        "false flag",
-        "untrue",
-    ),
-    "hate_discrimination": (
-        "racis*",
-        "racial*",
-        "race",
-        "sexis*",
-        "homophob*",
-        "transphob*",
-        "bigot*",
-        "slur",
-        "nigg*",
-        "faggot",
-        "retard*",
-        "hate",
-        "hatred",
-        "discriminat*",
-        "inferior",
-        "supremac*",
-        "nazi",
-        "jew",
-        "jewish",
-        "muslim",
-        "islam*",
-        "christian",
-        "black people",
-        "white people",
-        "asian",
-        "chinese",
-        "mexican",
-        "immigrant",
-        "gay",
-        "lesbian*",
-        "transgender",
-        "women are",
-        "men are",
-        "stereotyp*",
-        "ethnic*",
-        "insult",
-        "offensive joke",
-        "derogatory",
-        "minorit*",
-        "disabled",
-        "fat people",
-        "stubborn",
-        "lazy",
-        "stupid",
-        "dumb",
-        "ugly",
-        "crack whore",
-        "apartheid",
-        "lgbt*",
-        "feminis*",
-        "irish",
-        "greek",
-        "african",
-        "indian",
-        "arab",
-        "gypsy",
-        "gypsies",
-        "religion",
-        "smell bad",
-        "nickname",
-    ),
-    "violent_crimes": (
-        "kill",
-        "murder",
-        "assault",
-        "attack",
-        "stab",
-        "stabbing",
-        "shoot",
-        "strangl*",
-        "poison",
-        "kidnap*",
-        "abduct*",
-        "torture",
-        "beat up",
-        "beat someone",
-        "punch",
-        "hurt someone",
-        "injure",
-        "harm someone",
-        "violen*",
-        "rob",
-        "robbing",
-        "robbery",
-        "steal",
-        "stole",
-        "stolen",
-        "burglar*",
-        "break into",
-        "arson*",
-        "set fire",
-        "on fire",
-        "terror*",
-        "hostage",
-        "hit",
-        "hitting",
-        "fight",
-        "abuse",
-        "threaten",
-        "blackmail",
-        "extort*",
-        "smuggl*",
-        "traffick*",
-        "drug",
-        "cocaine",
-        "heroin",
-        "meth",
-        "methamphetamine",
-        "shoplift*",
-        "vandal*",
-        "crime",
-        "criminal",
-        "illegal*",
-        "dominance",
-        "wreck",
-        "destroy",
-        "sabotag*",
-        "cheat",
-        "scam",
-        "fraud",
-        "launder*",
-        "bribe",
-        "harass*",
-        "bully",
-        "bullying",
-        "revenge",
-        "hurt",
-        "acid",
-        "poisonous",
-        "ransomware",
-        "malware",
-        "hack",
-        "dark web",
-        "break a",
-        "neck",
-        "skin a",
-    ),
-}
-KEYWORD_PRIORITY = (
-    "suicide_self_harm",
-    "guns_illegal_weapons",
-    "sexual_content",
-    "privacy",
-    "fake_news",
-    "hate_discrimination",
-    "violent_crimes",
-)
+# --------------------------------------------------------------------------- keyword seeds
+# The word lists live in tbr/assets/category_keywords.json (syntax and policy in its "about"); their
+# sha256 goes into the reflect/build manifests and `tbr run` stage keys, so editing a list is a new input.
+# Besides the seven categories the asset names reasons for `other` (non_violent_crime, benign_intent):
+# a prompt that is a crime but none of Fig. 11's categories, or one that asks how to *prevent* harm
+# ("Brainstorm methods to prevent terrorism"), is `other` with that reason, never a refusal target.
+KEYWORDS_ASSET = Path(__file__).resolve().parent / "assets" / "category_keywords.json"
+OTHER = "other"
+
+
+def _load_asset(path: Path = KEYWORDS_ASSET) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from None
+    cats = data.get("categories") or {}
+    if set(cats) != set(CATEGORIES):
+        raise DataError(f"{path}: 'categories' must list exactly {', '.join(CATEGORIES)}")
+    groups = [*cats, *(data.get("other") or {})]
+    if sorted(data.get("priority") or []) != sorted(groups):
+        raise DataError(f"{path}: 'priority' must order every category and other-reason exactly once")
+    return data
+
+
+_ASSET = _load_asset()
+KEYWORDS: dict[str, tuple[str, ...]] = {c: tuple(_ASSET["categories"][c]) for c in CATEGORIES}
+OTHER_KEYWORDS: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in _ASSET["other"].items()}
+OTHER_REASONS: dict[str, str] = dict(_ASSET["other_reasons"])
+KEYWORD_PRIORITY: tuple[str, ...] = tuple(_ASSET["priority"])
+
+
+def asset_sha256() -> str:
+    return sha256_text(KEYWORDS_ASSET.read_text(encoding="utf-8"))
+
+
+def asset_hashes(categorizer: str) -> dict[str, str]:
+    """What a categoriser reads besides its config, by hash: the keyword asset (every categoriser
+    keeps a category given by the source, and keyword/embed seed from the asset), the encoder's weights."""
+    if categorizer == "llm":
+        return {}
+    out = {"category_keywords": asset_sha256()}
+    if categorizer == "embed":
+        from tbr.embed import DEFAULT_ENCODER, ENCODERS
+
+        out["encoder"] = ENCODERS[DEFAULT_ENCODER].sha256
+    return out
 
 
 _INFLECTION = r"(?:s|es|ed|ing|er|ers|ings|d)?"
@@ -410,21 +115,27 @@ def _pattern(word: str) -> re.Pattern[str]:
     return re.compile(r"(?<![a-z0-9])" + body + tail, re.IGNORECASE)
 
 
-_PATTERNS = {cat: [(w, _pattern(w)) for w in words] for cat, words in KEYWORDS.items()}
+_PATTERNS = {g: [(w, _pattern(w)) for w in words] for g, words in {**KEYWORDS, **OTHER_KEYWORDS}.items()}
 
 
 def keyword_hits(text: str) -> dict[str, list[str]]:
-    """The keywords of each category found in `text` (categories without hits are left out)."""
-    hits = {cat: [w for w, p in pats if p.search(text)] for cat, pats in _PATTERNS.items()}
-    return {cat: ws for cat, ws in hits.items() if ws}
+    """The keywords of each group (category or other-reason) found in `text`; groups without hits left out."""
+    hits = {g: [w for w, p in pats if p.search(text)] for g, pats in _PATTERNS.items()}
+    return {g: ws for g, ws in hits.items() if ws}
 
 
-def keyword_category(text: str) -> str | None:
-    """Most distinct keyword hits wins; ties by KEYWORD_PRIORITY; no hit → None (uncategorised)."""
+def keyword_group(text: str) -> str | None:
+    """Most distinct hits wins; ties by KEYWORD_PRIORITY; no hit → None."""
     hits = keyword_hits(text)
     if not hits:
         return None
     return max(KEYWORD_PRIORITY, key=lambda c: (len(hits.get(c, [])), -KEYWORD_PRIORITY.index(c)))
+
+
+def keyword_category(text: str) -> str | None:
+    """The seed category of `text`: one of CATEGORIES, OTHER (an other-reason matched), or None (no hit)."""
+    g = keyword_group(text)
+    return None if g is None else (g if g in CATEGORIES else OTHER)
 
 
 # --------------------------------------------------------------------------- LLM classifier
@@ -466,20 +177,32 @@ def parse_llm_category(text: str) -> Any:
 @dataclass
 class CategoryReport:
     method: str
-    counts: dict[str, int] = field(default_factory=dict)  # category → prompts (None → "uncategorised")
-    uncategorised: int = 0
+    counts: dict[str, int] = field(default_factory=dict)  # category → prompts (+ "other", "uncategorised")
+    uncategorised: int = 0  # no answer at all (llm failures); `other` prompts have a reason instead
     llm_failures: int = 0  # answers that did not parse or requests that failed
     llm_failure_examples: list[str] = field(default_factory=list)
     from_source: int = 0  # prompts whose source file already carried a valid category
+    reasons: list[str | None] = field(default_factory=list)  # per prompt: why it is `other` (else None)
+    methods: dict[str, int] = field(default_factory=dict)  # how many prompts each method labelled
+    encoder: dict[str, Any] | None = None  # the embed categoriser's encoder (name, weights hash)
+    min_sim: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        n = sum(self.counts.values())
+        drawn = sum(self.counts.get(c, 0) for c in CATEGORIES)
         return {
             "method": self.method,
             "counts": self.counts,
+            "paper_counts": PAPER_COUNTS,
+            "coverage": round(drawn / n, 4) if n else None,  # share of prompts in one of the seven
+            "other_reasons": dict(Counter(r for r in self.reasons if r)),
+            "methods": self.methods,
             "uncategorised": self.uncategorised,
             "llm_failures": self.llm_failures,
             "llm_failure_examples": self.llm_failure_examples[:5],
             "from_source": self.from_source,
+            "keywords_asset": {"file": KEYWORDS_ASSET.name, "sha256": asset_sha256()},
+            **({"encoder": self.encoder, "min_sim": self.min_sim} if self.encoder else {}),
         }
 
 
@@ -491,6 +214,35 @@ def normalize_category(value: str | None) -> str | None:
     return None if got is _UNPARSED else got
 
 
+def _reason(group: str | None) -> str:
+    return "no_keyword" if group is None else group
+
+
+def embed_categories(
+    texts: Sequence[str], seeds: Sequence[str | None], min_sim: float = EMBED_MIN_SIM, encoder: Any = None
+) -> tuple[list[str], list[float], dict[str, Any]]:
+    """Nearest-centroid groups for `texts`: one centroid per seed group (category or other-reason),
+    the normalised mean of its seed prompts' embeddings (tbr.embed). A text below `min_sim` cosine to
+    every centroid is "far". Returns (group per text, best cosine per text, encoder manifest)."""
+    import numpy as np
+
+    from tbr.embed import load_encoder
+
+    enc = encoder or load_encoder()
+    vecs = enc.encode(list(texts))
+    groups = [g for g in KEYWORD_PRIORITY if any(s == g for s in seeds)]
+    if not groups:
+        raise DataError(
+            "embed categorizer: no prompt matched any seed keyword, so there is nothing to learn from"
+        )
+    cents = np.stack([vecs[[i for i, s in enumerate(seeds) if s == g]].mean(0) for g in groups])
+    cents /= np.linalg.norm(cents, axis=1, keepdims=True)
+    sims = vecs @ cents.T
+    best = sims.argmax(1)
+    out = [groups[b] if sims[i, b] >= min_sim else "far" for i, b in enumerate(best)]
+    return out, [float(sims[i, b]) for i, b in enumerate(best)], enc.manifest()
+
+
 def categorize(
     texts: Sequence[str],
     method: str = "keyword",
@@ -498,18 +250,23 @@ def categorize(
     given: Sequence[str | None] | None = None,
     backend: Any = None,
     cache_path: str | Path | None = None,
+    encoder: Any = None,
 ) -> tuple[list[str | None], list[str], CategoryReport]:
-    """(category or None per text, method used per text, report).
+    """(category per text, method used per text, report).
 
-    A category given by the source (e.g. the built-in demo file) is kept. With method="llm", `backend` is
-    an OpenAIBackend; a failed or unparsable answer is counted and the prompt stays uncategorised. With
-    `cache_path`, answers are appended there as they arrive and reused on a rerun (failed requests are
-    not cached, so a rerun retries them).
+    Every text ends in one of CATEGORIES or in OTHER with a reason (report.reasons): the asset's
+    other-reasons, "no_keyword" (keyword method), "far" (embed method). A category given by the source
+    (e.g. the built-in demo file) is kept. keyword: the seed keywords alone. embed: seed prompts keep
+    their keyword group; every other prompt gets the nearest seed centroid (embed_categories). llm:
+    `backend` is an OpenAIBackend; a failed or unparsable answer is counted and the prompt stays
+    uncategorised (None). With `cache_path`, llm answers are appended there as they arrive and reused
+    on a rerun (failed requests are not cached, so a rerun retries them).
     """
     if method not in CATEGORIZERS:
         raise DataError(f"unknown categorizer {method!r}; use one of {', '.join(CATEGORIZERS)}")
     cats: list[str | None] = [None] * len(texts)
     how = [""] * len(texts)
+    reasons: list[str | None] = [None] * len(texts)
     report = CategoryReport(method)
     todo = []
     for i in range(len(texts)):
@@ -519,9 +276,26 @@ def categorize(
             report.from_source += 1
         else:
             todo.append(i)
-    if method == "keyword":
+    if method in ("keyword", "embed"):
+        seeds = {i: keyword_group(texts[i]) for i in todo}
+        rest = [i for i in todo if seeds[i] is None] if method == "embed" else []
+        if rest:
+            # Centroids learn from the seeds of the whole pool, so a small pool still gets them.
+            groups, sims, report.encoder = embed_categories(
+                [texts[i] for i in todo], [seeds[i] for i in todo], EMBED_MIN_SIM, encoder
+            )
+            report.min_sim = EMBED_MIN_SIM
+            by_i = dict(zip(todo, groups, strict=True))
+            for i in rest:
+                seeds[i] = by_i[i]
+                how[i] = "embed"
         for i in todo:
-            cats[i], how[i] = keyword_category(texts[i]), "keyword"
+            g = seeds[i]
+            how[i] = how[i] or "keyword"
+            if g in CATEGORIES:
+                cats[i] = g
+            else:
+                cats[i], reasons[i] = OTHER, _reason(g)
     else:
         if backend is None:
             raise DataError("the llm categorizer needs an OpenAI-compatible endpoint (--category-api-base)")
@@ -562,11 +336,24 @@ def categorize(
                 report.llm_failure_examples.append(res[:200])
                 how[i] = "llm-unparsed"
                 continue
-            cats[i] = got
+            if got is None:  # the classifier said "none"
+                cats[i], reasons[i] = OTHER, "llm_none"
+            else:
+                cats[i] = got
     counts = Counter(c or "uncategorised" for c in cats)
-    report.counts = {c: counts.get(c, 0) for c in (*CATEGORIES, "uncategorised")}
+    report.counts = {c: counts.get(c, 0) for c in (*CATEGORIES, OTHER, "uncategorised")}
     report.uncategorised = counts.get("uncategorised", 0)
+    report.reasons = reasons
+    report.methods = dict(Counter(how))
     return cats, how, report
+
+
+def feasibility(source: str, data_dir: str | None, categorizer: str = "keyword") -> dict[str, int]:
+    """Prompts per category in a safety source (what `tbr run --plan` checks sample sizes against)."""
+    from tbr.reflect import load_safety
+
+    prompts, _, _ = load_safety(source, data_dir, categorizer)
+    return dict(Counter(p.category or "uncategorised" for p in prompts))
 
 
 def seeded_order(ids: Sequence[str], seed: int, salt: str = "") -> list[int]:
@@ -575,7 +362,7 @@ def seeded_order(ids: Sequence[str], seed: int, salt: str = "") -> list[int]:
 
 
 def stratified_sample(ids: Sequence[str], categories: Sequence[str | None], n: int, seed: int) -> list[int]:
-    """Indices of n items spread as evenly as possible over the categories (uncategorised never drawn).
+    """Indices of n items spread as evenly as possible over the categories (`other` never drawn).
 
     Each category gets floor(n/k) (k = categories present), the remainder going to the categories with the
     most items left; a category with too few items gives its share to the others. Within a category, items
@@ -583,7 +370,7 @@ def stratified_sample(ids: Sequence[str], categories: Sequence[str | None], n: i
     """
     by_cat: dict[str, list[int]] = {}
     for i in seeded_order(ids, seed, "stratified"):
-        if categories[i] is not None:
+        if categories[i] in CATEGORIES:  # `other` and uncategorised are never drawn
             by_cat.setdefault(categories[i], []).append(i)  # type: ignore[arg-type]
     available = sum(len(v) for v in by_cat.values())
     if n > available:

@@ -67,6 +67,13 @@ class ScoreConfig(BackendConfig):
     )
     out: str | None = opt(None, "output directory (reruns resume from what it holds)")
     limit: int | None = opt(None, "only the first N prompts of each suite")
+    sample: int | None = opt(
+        None, "a seeded random N prompts per suite, spread over the file (seed: --sample-seed)"
+    )
+    suite_sample: dict[str, int] = opt(
+        {}, "per-suite --sample, e.g. {or-bench-hard: 300} (YAML only; beats --sample)", cli=False
+    )
+    sample_seed: int = opt(0, "seed of --sample / suite_sample (fixed per suite)")
     data_dir: str | None = opt(None, "local data folder (default: $TBR_DATA_DIR, else the Hugging Face Hub)")
     # 256: refusals show in the first sentence, and a longer budget only makes CPU runs slower.
     max_new_tokens: int = opt(256, "maximum new tokens per answer")
@@ -78,10 +85,26 @@ class ScoreConfig(BackendConfig):
             raise ConfigError("--out DIR is required (results, and the files a rerun resumes from)")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be at least 1, got {self.limit}")
+        for key, n in {
+            "sample": self.sample,
+            **{f"suite_sample.{k}": v for k, v in self.suite_sample.items()},
+        }.items():
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+                raise ConfigError(f"{key} must be a positive number of prompts, got {n!r}")
         if not self.judge:
             raise ConfigError("give at least one judge, e.g. --judge keyword")
         if self.max_new_tokens < 1:
             raise ConfigError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+        self.sampling()  # a negative temperature fails here, before a model loads
+
+    def sample_for(self, suite: str) -> int | None:
+        return self.suite_sample.get(suites.display_name(suite), self.sample)
+
+    def load_suite(self, suite: str) -> list[PromptRecord]:
+        """The suite's prompts after --sample / suite_sample and --limit."""
+        return suites.load(
+            suite, self.data_dir, self.limit, sample=self.sample_for(suite), seed=self.sample_seed
+        )
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(
@@ -106,7 +129,9 @@ class EvalConfig(ScoreConfig):
             raise ConfigError(
                 "--system applies to the chat format only (the alpaca template has no system slot)"
             )
-        suites.expand(self.suites)  # unknown names fail before any model loads
+        expanded = [suites.display_name(x) for x in suites.expand(self.suites)]  # fail before any model loads
+        if bad := sorted(set(self.suite_sample) - set(expanded)):
+            raise ConfigError(f"suite_sample: {', '.join(bad)} not among the suites ({', '.join(expanded)})")
 
 
 @dataclass
@@ -337,9 +362,9 @@ def report_table(results: dict[str, dict[str, Any]]) -> str:
 def items_for(cfg: EvalConfig) -> tuple[list[Item], list[Path]]:
     items, files = [], []
     for suite in suites.expand(cfg.suites):
-        for rec in suites.load(suite, cfg.data_dir, cfg.limit):
+        for rec in cfg.load_suite(suite):
             conv = chat(rec.prompt, cfg.system)
-            items.append(Item(suite, rec, conv))
+            items.append(Item(suites.display_name(suite), rec, conv))
         files += suites.files(suite, cfg.data_dir)
     return items, files
 

@@ -62,7 +62,11 @@ class ReflectConfig(BackendConfig):
     )
     data_dir: str | None = opt(None, "data directory (default: $TBR_DATA_DIR)")
     n: int = opt(200, "safety prompts to reflect on, sampled stratified by harm category")
-    categorizer: str = opt("keyword", "how harm categories are assigned", choices=("keyword", "llm"))
+    categorizer: str = opt(
+        "keyword",
+        "how harm categories are assigned: seed keywords, + embedding nearest centroid, or an LLM",
+        choices=("keyword", "embed", "llm"),
+    )
     category_api_base: str | None = opt(None, "endpoint for the llm categorizer (default: --api-base)")
     category_api_model: str | None = opt(None, "model for the llm categorizer (default: --api-model)")
     refusal: str = opt(STANDARD_REFUSAL, "the standardized refusal (Figure 9's output)")
@@ -100,6 +104,7 @@ class SafetyPrompt:
     category: str | None
     category_method: str
     source: str
+    category_reason: str | None = None  # why the prompt is `other` (tbr.categories), else None
 
 
 def load_safety(
@@ -110,12 +115,13 @@ def load_safety(
     cache_path: Path | None = None,
 ) -> tuple[list[SafetyPrompt], dict[str, Any], list[Path]]:
     """Every safety prompt of `source`, de-duplicated and categorised; (prompts, report, files read)."""
-    from tbr.categories import categorize
+    from tbr.categories import KEYWORDS_ASSET, categorize
     from tbr.data import data_files, load_instructions_with_report
 
     src: str | Path = BUILTIN_SOURCES.get(source, source)
     records, load_report = load_instructions_with_report(src, data_dir)
     files = [Path(src)] if isinstance(src, Path) else data_files(src, data_dir)
+    files.append(KEYWORDS_ASSET)  # its hash lands in the manifest's data hashes
     seen: set[str] = set()
     uniq = []
     for r in records:
@@ -132,9 +138,9 @@ def load_safety(
     name = Path(source).stem if str(source).endswith((".json", ".jsonl")) else source
     prompts = [
         SafetyPrompt(
-            f"{name}-{stable_hash([r.instruction, r.input], 12)}", r.instruction, r.input, c, h, name
+            f"{name}-{stable_hash([r.instruction, r.input], 12)}", r.instruction, r.input, c, h, name, why
         )
-        for r, c, h in zip(uniq, cats, how, strict=True)
+        for r, c, h, why in zip(uniq, cats, how, cat_report.reasons, strict=True)
     ]
     report = {
         "load": load_report.to_dict(),
@@ -436,6 +442,7 @@ def reflect(cfg: ReflectConfig) -> Path:
                 "input": p.input,
                 "category": p.category,
                 "category_method": p.category_method,
+                "category_reason": p.category_reason,
                 "source": p.source,
                 "reflection": reflection,
                 "refusal": cfg.refusal,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import shutil
 import socket
 import time
@@ -69,6 +70,10 @@ class Experiment:
     # Other run directories whose finished stages with the same key (same inputs) are copied in
     # rather than run again, e.g. a γ sweep reusing the γ=0 and γ=1 models of an earlier run.
     reuse: list[str] = field(default_factory=list)
+    # Train every γ>0 variant once per reflection format ([tagged, prose]: the tag against the paper's
+    # untagged prose). The first keeps the plain label (internal-g1); the others add "-<format>".
+    # Empty: one arm, in the build section's reflection_format.
+    reflection_formats: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         bad = [s for s in self.sources if s not in SOURCES]
@@ -80,6 +85,21 @@ class Experiment:
             raise ConfigError("a gamma above 0 needs at least one reflection source")
         if "external" in self.sources and not (self.external.get("api_base") or self.external.get("serve")):
             raise ConfigError("the external source needs external.api_base (+ api_model) or external.serve")
+        from tbr.reflection import REFLECTION_FORMATS
+
+        if bad := [f for f in self.reflection_formats if f not in REFLECTION_FORMATS]:
+            raise ConfigError(f"reflection_formats: unknown {bad}; use {', '.join(REFLECTION_FORMATS)}")
+        if len(set(self.reflection_formats)) != len(self.reflection_formats):
+            raise ConfigError(f"reflection_formats: {self.reflection_formats} repeats a format")
+        own = self.build.get("reflection_format")
+        if self.reflection_formats and own is not None and own != self.reflection_formats[0]:
+            raise ConfigError(
+                f"build.reflection_format={own!r} must be the first of reflection_formats "
+                f"{self.reflection_formats} (the arm that keeps the plain labels), or be left out"
+            )
+
+    def formats(self) -> list[str]:
+        return self.reflection_formats or [str(self.build.get("reflection_format", "tagged"))]
 
 
 @dataclass
@@ -89,10 +109,16 @@ class Stage:
     values: dict[str, Any]  # the stage config minus its output directory
     deps: list[Stage] = field(default_factory=list)
     variant: dict[str, Any] | None = None  # for eval/general: which model variant this measures
+    # Hashes of inputs that are not config values (the category keyword asset, user suite files): an
+    # edited file is a new input. Left out of the key when empty, so other stages keep their keys.
+    inputs: dict[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
-        return stable_hash({"kind": self.kind, "values": self.values, "deps": [d.key for d in self.deps]}, 10)
+        body: dict[str, Any] = {"kind": self.kind, "values": self.values, "deps": [d.key for d in self.deps]}
+        if self.inputs:
+            body["inputs"] = self.inputs
+        return stable_hash(body, 10)
 
     @property
     def dirname(self) -> str:
@@ -137,37 +163,199 @@ def plan(exp: Experiment) -> list[Stage]:
             values.update({k: ext[k] for k in ("api_base", "api_key_env") if k in ext})
             values.update(api_model=ext.get("api_model") or ext.get("serve"), serve=ext.get("serve"))
             values["backend"] = "openai"  # external reflections always come from the endpoint
-        reflections[src] = Stage("reflect", src, values)
+        reflections[src] = Stage("reflect", src, values, inputs=category_inputs(values))
 
-    def measure(label: str, variant: dict[str, Any], train: Stage | None) -> None:
+    from tbr import suites
+
+    suite_inputs = suites.file_hashes(str(x) for x in exp.eval.get("suites") or [])
+    formats = exp.formats()
+    default_format = formats[0]
+
+    def measure(label: str, variant: dict[str, Any], train: Stage | None, refl_format: str) -> None:
         deps = [train] if train else []
         # Fine-tuned models are asked in the template they were trained on; the base model in its own.
         fmt = exp.build.get("template", "alpaca") if train else exp.base_format
         ev = {"format": fmt, **exp.eval, **data, "seed": exp.seed}
-        stages.append(Stage("eval", label, ev if train else {**ev, "model": exp.model}, deps, variant))
+        if train and refl_format != exp.eval.get("reflection_format", "tagged"):
+            ev["reflection_format"] = refl_format  # the judges split the arm's own format
+        stages.append(
+            Stage("eval", label, ev if train else {**ev, "model": exp.model}, deps, variant, suite_inputs)
+        )
         if exp.general is not None:
             gv = {**exp.general, **data}
+            if train and refl_format != "tagged" and "think_end" not in exp.general:
+                gv["think_end"] = think_end_for(refl_format)
             stages.append(Stage("general", label, gv if train else {**gv, "model": exp.model}, deps, variant))
 
     if exp.evaluate_base:
-        measure("base", {"name": "base", "source": "base", "gamma": None}, None)
+        measure("base", {"name": "base", "source": "base", "gamma": None}, None, default_format)
     for gamma in coarse_to_fine(exp.gammas):
         # γ=0 carries no reflection, so it is one baseline shared by every source ("w/o" in Table 3).
         for src in ["none"] if gamma == 0 else exp.sources:
-            bvalues = {**exp.build, **data, "seed": exp.seed, "gamma": gamma}
-            # γ=0 reads the first source's reflection file too (and ignores the reflections), so the
-            # baseline is trained on the very same safety prompts as the TBR models ("the same dataset
-            # where responses to the harmful inputs exclude rationale", §5).
-            refl = reflections.get(src) or (reflections[exp.sources[0]] if reflections else None)
-            label = "wo-g0.0" if gamma == 0 else f"{src}-g{gamma:g}"
-            if refl and refl not in stages:
-                stages.append(refl)
-            b = Stage("build", label, bvalues, [refl] if refl else [])
-            t = Stage("train", label, {**exp.train, **base}, [b])
-            stages += [b, t]
-            name = "w/o" if gamma == 0 else f"{src} γ={gamma:g}"
-            measure(label, {"name": name, "source": src, "gamma": gamma}, t)
+            # γ=0 has no reflection to format: one baseline, whatever the formats.
+            for k, refl_format in enumerate(formats[:1] if gamma == 0 else formats):
+                bvalues = {**exp.build, **data, "seed": exp.seed, "gamma": gamma}
+                if refl_format != exp.build.get("reflection_format", "tagged"):
+                    bvalues["reflection_format"] = refl_format
+                # γ=0 reads the first source's reflection file too (and ignores the reflections), so the
+                # baseline is trained on the very same safety prompts as the TBR models ("the same dataset
+                # where responses to the harmful inputs exclude rationale", §5).
+                refl = reflections.get(src) or (reflections[exp.sources[0]] if reflections else None)
+                label = "wo-g0.0" if gamma == 0 else f"{src}-g{gamma:g}" + (f"-{refl_format}" if k else "")
+                if refl and refl not in stages:
+                    stages.append(refl)
+                # Only a build without reflections categorises (the reflect stage's key covers the rest).
+                b = Stage(
+                    "build",
+                    label,
+                    bvalues,
+                    [refl] if refl else [],
+                    inputs={} if refl else category_inputs(bvalues),
+                )
+                t = Stage("train", label, {**exp.train, **base}, [b])
+                stages += [b, t]
+                name = "w/o" if gamma == 0 else f"{src} γ={gamma:g}" + (f" ({refl_format})" if k else "")
+                variant = {"name": name, "source": src, "gamma": gamma}
+                if gamma > 0 and len(formats) > 1:
+                    variant["reflection_format"] = refl_format
+                measure(label, variant, t, refl_format)
     return stages
+
+
+def think_end_for(refl_format: str) -> str:
+    """lm-eval's think_end_token for a trained format: the tag, or (prose) off.
+
+    lm-eval scores the text after the token and only when it is present; the prose connector
+    ("Therefore,") also ends ordinary reasoning, so prose arms are scored on the whole answer."""
+    from tbr.reflection import CLOSE_TAG
+
+    return CLOSE_TAG if refl_format == "tagged" else ""
+
+
+def category_inputs(values: dict[str, Any]) -> dict[str, str]:
+    """The categoriser's asset hash for a stage that assigns harm categories (reflect; build at γ=0)."""
+    from tbr.categories import asset_hashes
+
+    return asset_hashes(str(values.get("categorizer", "keyword")))
+
+
+# ----------------------------------------------------------------------------- checking a plan
+
+# Which experiment section a stage kind's values come from, for error messages.
+SECTIONS = {"reflect": "reflect", "build": "build", "train": "train", "eval": "eval", "general": "general"}
+# With `audit: drop`, flagged reflections are removed: 15% of SmolLM2-135M's own (docs/results.md), and
+# external splits that miss the refusal are dropped even with `keep`. The build needs its safety_n
+# after that, so the reflect stage must ask for this much more.
+AUDIT_DROP_MARGIN = 0.15
+PLACEHOLDER = "<from the stage it reads>"
+
+
+def stage_config(stage: Stage) -> Any:
+    """The stage's config dataclass built from its values (what _execute builds, minus real paths)."""
+    values = {**stage.values, "out": PLACEHOLDER}
+    if stage.kind == "reflect":
+        from tbr.reflect import ReflectConfig as cls
+
+        if values.pop("serve", None) and not values.get("api_base"):
+            values["api_base"] = "http://127.0.0.1:0/v1"  # started by tbr run
+    elif stage.kind == "build":
+        from tbr.build import BuildConfig as cls
+
+        if stage.deps:
+            values["reflections"] = PLACEHOLDER
+    elif stage.kind == "train":
+        from tbr.train import TrainConfig as cls
+
+        values["data"] = PLACEHOLDER
+    elif stage.kind == "eval":
+        from tbr.evaluate import EvalConfig as cls
+    elif stage.kind == "general":
+        from tbr.general import GeneralConfig as cls
+    else:
+        raise ConfigError(f"unknown stage kind {stage.kind}")
+    if stage.deps and stage.kind in ("eval", "general"):
+        values["model"] = PLACEHOLDER
+    return build(cls, values, source=f"stage {stage.label}")
+
+
+def check_plan(exp: Experiment, stages: list[Stage], source: str = "experiment") -> list[str]:
+    """Build every stage's config and check sample counts before anything runs; return notes.
+
+    A typo in a stage section (`train: {lrr: 1}`) or an infeasible count then fails in seconds, naming
+    the section and key, instead of hours later when that stage starts."""
+    from tbr.report import check_judges
+
+    configs: dict[str, Any] = {}
+    for s in stages:
+        try:
+            configs[s.dirname] = stage_config(s)
+            if s.kind == "eval":
+                check_judges(configs[s.dirname].judge)  # judges are built only when the eval starts
+        except ConfigError as e:
+            section = "external" if s.kind == "reflect" and s.label == "external" else SECTIONS[s.kind]
+            why = str(e).removeprefix(f"stage {s.label}: ")
+            raise ConfigError(f"{source}: section `{section}` (stage {s.label}): {why}") from None
+    from tbr.report import ReportConfig
+
+    try:
+        build(ReportConfig, {"run_dirs": ["<run dir>"], **exp.report}, source="report")
+    except ConfigError as e:
+        raise ConfigError(f"{source}: section `report`: {e}") from None
+    notes: list[str] = []
+    for s in stages:
+        if s.kind != "build" or not s.deps:
+            continue
+        b, r = configs[s.dirname], configs[s.deps[0].dirname]
+        if b.safety_n == -1:
+            continue
+        section = "external" if s.deps[0].label == "external" else "reflect"
+        if r.n < b.safety_n:
+            raise ConfigError(
+                f"{source}: build.safety_n={b.safety_n} but `{section}` reflects on n={r.n} prompts; "
+                f"raise {section}.n to at least {b.safety_n} (more with audit: drop) or lower build.safety_n"
+            )
+        need = math.ceil(b.safety_n / (1 - AUDIT_DROP_MARGIN))
+        if r.audit == "drop" and r.n < need:
+            raise ConfigError(
+                f"{source}: build.safety_n={b.safety_n} needs that many reflections after the audit, but "
+                f"{section}.n={r.n} with audit: drop leaves fewer whenever more than {r.n - b.safety_n} are "
+                f"flagged (SmolLM2-135M: ~15%); set {section}.n >= {need}, audit: keep, or a lower safety_n"
+            )
+    notes += pool_notes(exp, stages, configs, source)
+    return notes
+
+
+def pool_notes(exp: Experiment, stages: list[Stage], configs: dict[str, Any], source: str) -> list[str]:
+    """Per-category feasibility of the reflect stages' samples, where the safety data is local."""
+    from tbr.categories import CATEGORIES, feasibility
+    from tbr.data import resolve_data_dir
+
+    notes = []
+    for s in stages:
+        if s.kind != "reflect":
+            continue
+        r = configs[s.dirname]
+        local = r.safety_source in ("demo-safety",) or str(r.safety_source).endswith((".json", ".jsonl"))
+        if not local and resolve_data_dir(r.data_dir) is None:
+            notes.append(f"{s.label}: {r.safety_source} comes from the Hub; category counts not checked")
+            continue
+        if r.categorizer != "keyword":
+            notes.append(f"{s.label}: categorizer {r.categorizer}: category counts are checked when it runs")
+            continue
+        counts = feasibility(r.safety_source, r.data_dir, r.categorizer)
+        drawn = sum(counts.get(c, 0) for c in CATEGORIES)
+        if drawn < r.n:
+            raise ConfigError(
+                f"{source}: `reflect` n={r.n} but {r.safety_source} has only {drawn} categorised prompts "
+                f"({', '.join(f'{c}: {counts.get(c, 0)}' for c in CATEGORIES)}); lower n"
+            )
+        share = r.n // len(CATEGORIES)
+        thin = [c for c in CATEGORIES if counts.get(c, 0) < share]
+        notes.append(
+            f"{s.label}: {drawn} categorised prompts for n={r.n} ({share} per category)"
+            + (f"; too few in {', '.join(thin)} (their share goes to the others)" if thin else "")
+        )
+    return notes
 
 
 def select(stages: list[Stage], labels: list[str]) -> list[Stage]:
@@ -359,6 +547,7 @@ def execute(
 ) -> Path:
     full = plan(exp)
     stages = select(full, only or [])
+    check_plan(exp, full)  # a bad stage section fails now, not when its stage starts
     root.mkdir(parents=True, exist_ok=True)
     write_manifest(root, "run", exp, extra={"plan": [s.dirname for s in full], "only": only or []})
     t0 = time.time()
@@ -486,8 +675,13 @@ def run(cfg: RunConfig) -> int:
     exp = load_experiment(cfg.experiment)
     root = Path(cfg.out or exp.out or f"runs/{exp.name}")
     if cfg.plan:
-        for s in select(plan(exp), cfg.only):
+        full = plan(exp)
+        notes = check_plan(exp, full, cfg.experiment)
+        for s in select(full, cfg.only):
             print(f"{s.dirname:40} {json.dumps(s.values, default=str)[:150]}")
+        for note in notes:
+            print(f"check: {note}")
+        print(f"plan OK: {len(full)} stages, every stage config valid")
         return 0
     if cfg.report_only:
         print(f"report: {write_report(exp, root)}")

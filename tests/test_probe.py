@@ -9,7 +9,7 @@ import pytest
 
 from tbr.cli import main
 from tbr.io import read_jsonl
-from tbr.probe import COLUMNS, PLACEMENT, TEMPLATES, prompt_text
+from tbr.probe import COLUMNS, PLACEMENTS, TEMPLATES, conversation, prompt_text, system_role_ok
 from tbr.prompts import COT_SYSTEM, DIRECT_SYSTEM
 
 FIXTURE_DATA = Path(__file__).parent / "data" / "fixtures"
@@ -28,16 +28,53 @@ def test_templates_are_the_papers_and_the_query_follows_question() -> None:
     ]
 
 
+def test_placements() -> None:
+    # the paper's "system prompt": the template is the system turn, the query the user turn
+    assert conversation(DIRECT_SYSTEM, "Q?", "system") == [
+        {"role": "system", "content": DIRECT_SYSTEM},
+        {"role": "user", "content": "Q?"},
+    ]
+    assert conversation(DIRECT_SYSTEM, "Q?", "user") == [{"role": "user", "content": f"{DIRECT_SYSTEM} Q?"}]
+
+
+class _Tok:
+    def __init__(self, template: str, drop: bool = False, rejects: bool = False):
+        from jinja2 import Template
+
+        self.chat_template, self.drop, self.rejects, self._t = template, drop, rejects, Template(template)
+
+    def apply_chat_template(self, conv, tokenize=False, add_generation_prompt=True):
+        from jinja2.exceptions import TemplateError
+
+        if self.rejects and conv[0]["role"] == "system":
+            raise TemplateError("System role not supported")  # what Gemma's template raises
+        return self._t.render(messages=conv[1:] if self.drop else conv)
+
+
+def test_a_template_without_a_system_role_is_detected() -> None:
+    t = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+    assert system_role_ok(type("B", (), {"tokenizer": _Tok(t)})()) is True
+    assert system_role_ok(type("B", (), {"tokenizer": _Tok(t, rejects=True)})()) is False
+    assert system_role_ok(type("B", (), {"tokenizer": _Tok(t, drop=True)})()) is False  # dropped silently
+    assert system_role_ok(object()) is True  # an endpoint applies its own template
+
+
 @pytest.mark.slow
 def test_probe_writes_a_table1_row(tmp_path: Path) -> None:
     out = tmp_path / "probe"
     rc = main(
         ["probe", "--model", "smollm2-135m-instruct", "--data-dir", str(FIXTURE_DATA), "--limit", "2"]
-        + ["--max-new-tokens", "16", "--out", str(out)]
+        + ["--max-new-tokens", "16", "--placement", "user", "--out", str(out)]
     )
     assert rc == 0
     table = json.loads((out / "table1.json").read_text())
-    assert table["placement"] == PLACEMENT and table["judges"] == ["keyword", "xstest-strmatch"]
+    assert table["placement"] == {
+        "asked": "user",
+        "used": "user",
+        "fallback": None,
+        "rule": PLACEMENTS["user"],
+    }
+    assert table["judges"] == ["keyword", "xstest-strmatch"]
     assert list(table["row"]) == [f"{s}/{t}" for s, t in COLUMNS]
     for cell in table["row"].values():
         assert cell["n"] == 2 and cell["judge"] == "keyword"
@@ -64,5 +101,21 @@ def test_probe_writes_a_table1_row(tmp_path: Path) -> None:
     assert not any(s["prompt"].startswith("You are a helpful") for s in samples)  # judged on the bare query
 
     man = json.loads((out / "manifest.json").read_text())
-    assert man["stage"] == "probe" and man["placement"] == PLACEMENT
+    assert man["stage"] == "probe" and man["placement"] == table["placement"]
     assert man["templates"]["cot"] == COT_SYSTEM and man["timing"]["wall_s"] > 0
+
+
+@pytest.mark.slow
+def test_probe_default_puts_the_template_in_the_system_turn(tmp_path: Path) -> None:
+    out = tmp_path / "probe"
+    main(
+        ["probe", "--model", "smollm2-135m-instruct", "--data-dir", str(FIXTURE_DATA), "--limit", "1"]
+        + ["--sample", "1", "--max-new-tokens", "4", "--out", str(out)]
+    )
+    table = json.loads((out / "table1.json").read_text())
+    assert table["placement"]["used"] == "system" and table["placement"]["fallback"] is None
+    for g in read_jsonl(out / "generations.jsonl"):
+        template = TEMPLATES[g["suite"].split("/")[0]]
+        assert g["messages"][0] == {"role": "system", "content": template}
+        assert g["messages"][1]["role"] == "user" and not g["messages"][1]["content"].startswith("You are")
+    assert "Placement: system" in (out / "table1.md").read_text()

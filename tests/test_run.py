@@ -14,6 +14,7 @@ from tbr.errors import ConfigError
 from tbr.run import (
     Experiment,
     _claim,
+    check_plan,
     execute,
     load_experiment,
     plan,
@@ -176,15 +177,90 @@ def test_a_stage_is_claimed_by_one_worker_at_a_time(tmp_path):
             assert again is False
 
 
-@pytest.mark.parametrize("name", ["demo", "local-smollm2", "gamma-sweep", "paper"])
+SHIPPED = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_experiments_parse_and_plan(name):
     exp = load_experiment(CONFIGS / f"{name}.yaml")
     stages = plan(exp)
+    check_plan(exp, stages, name)  # every stage's config builds and the sample counts are feasible
     trained = {s.label for s in stages if s.kind == "train"}
-    expected = {"wo-g0.0"} | {f"{src}-g{g:g}" for g in exp.gammas if g > 0 for src in exp.sources}
+    formats = exp.formats()
+    expected = {"wo-g0.0"} | {
+        f"{src}-g{g:g}" + (f"-{fmt}" if k else "")
+        for g in exp.gammas
+        if g > 0
+        for src in exp.sources
+        for k, fmt in enumerate(formats)
+    }
     assert trained == expected
     if name == "gamma-sweep":
         assert sorted(exp.gammas) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    if name == "paper":
+        assert formats == ["prose"] and exp.report["judges"] == {"safe": "keyword", "unsafe": "guard"}
+        assert {"or-bench-hard", "or-bench-toxic"} <= set(exp.eval["suites"])
+    if name.startswith("local-smollm2"):
+        assert formats == ["tagged", "prose"]
+        assert exp.eval["suite_sample"] == {"or-bench-hard": 300, "or-bench-toxic": 100}
+
+
+def test_the_tagged_and_prose_arms_differ_only_in_the_format():
+    stages = plan(_exp(reflection_formats=["tagged", "prose"], general=None))
+    by = {(s.kind, s.label): s for s in stages}
+    assert [s.label for s in stages if s.kind == "train"] == ["wo-g0.0", "internal-g1", "internal-g1-prose"]
+    assert "reflection_format" not in by["build", "internal-g1"].values  # the tagged arm keeps its keys
+    assert by["build", "internal-g1-prose"].values["reflection_format"] == "prose"
+    assert by["eval", "internal-g1-prose"].values["reflection_format"] == "prose"  # judged on its split
+    assert by["eval", "internal-g1-prose"].variant == {
+        "name": "internal γ=1 (prose)", "source": "internal", "gamma": 1.0, "reflection_format": "prose"
+    }  # fmt: skip
+    # both arms read the same reflections
+    assert by["build", "internal-g1"].deps == by["build", "internal-g1-prose"].deps
+    # one arm only: the plain labels and keys are those of an experiment without arms
+    plain = {s.dirname for s in plan(_exp(general=None))}
+    assert plain <= {s.dirname for s in stages}
+    with pytest.raises(ConfigError, match="must be the first of reflection_formats"):
+        _exp(reflection_formats=["tagged", "prose"], build={"reflection_format": "prose"})
+    with pytest.raises(ConfigError, match="unknown"):
+        _exp(reflection_formats=["tagged", "xml"])
+
+
+def test_a_broken_stage_section_fails_at_plan_time_naming_the_key(capsys):
+    exp = load_experiment(CONFIGS / "local-smollm2.yaml")
+    broken = dataclasses.replace(exp, train={**exp.train, "lrr": 1})
+    with pytest.raises(
+        ConfigError, match=r"section `train` \(stage wo-g0.0\): .*unknown option\(s\) for TrainConfig: lrr"
+    ):
+        check_plan(broken, plan(broken), "x.yaml")
+    for section, values, match in [
+        ("eval", {"judge": ["keywrd"]}, r"section `eval` \(stage base\): unknown judge\(s\) keywrd"),
+        ("eval", {"suite_sample": {"or-bench": 3}}, r"section `eval`.*suite_sample: or-bench not among"),
+        ("reflect", {"categorizer": "magic"}, r"section `reflect` \(stage internal\): categorizer='magic'"),
+        ("general", {"tasks": []}, r"section `general`.*--tasks is empty"),
+        ("report", {"judges": {"unsafe": "gaurd"}}, r"section `report`: unknown judge\(s\) gaurd"),
+    ]:
+        bad = dataclasses.replace(exp, **{section: {**(getattr(exp, section) or {}), **values}})
+        with pytest.raises(ConfigError, match=match):
+            check_plan(bad, plan(bad), "x.yaml")
+    # tbr run --plan reports it as a clean error, before any stage runs
+    from tbr.cli import main
+
+    assert main(["run", str(CONFIGS / "paper.yaml"), "--plan"]) == 0
+    assert "plan OK" in capsys.readouterr().out
+
+
+def test_plan_checks_that_the_audit_leaves_enough_reflections():
+    # configs/paper.yaml as it was: 200 reflections, audit drop, 200 safety rows wanted
+    exp = _exp(reflect={"n": 200, "safety_source": "demo-safety"}, build={"safety_n": 200}, general=None)
+    with pytest.raises(ConfigError, match=r"reflect.n=200 with audit: drop .* set reflect.n >= 236"):
+        check_plan(exp, plan(exp))
+    exp = _exp(reflect={"n": 100}, build={"safety_n": 200}, general=None)
+    with pytest.raises(ConfigError, match=r"raise reflect.n to at least 200"):
+        check_plan(exp, plan(exp))
+    ok = _exp(reflect={"n": 200, "audit": "keep", "safety_source": "demo-safety"}, build={"safety_n": 20})
+    with pytest.raises(ConfigError, match=r"demo-safety has only \d+ categorised prompts"):
+        check_plan(ok, plan(ok))  # the built-in safety set is far smaller than 200
 
 
 @pytest.mark.slow

@@ -36,6 +36,24 @@ class ReportConfig:
     primary_judge: str | None = opt(
         None, "judge whose verdicts the report shows (default: each eval's first)"
     )
+    judges: dict[str, str] = opt(
+        {},
+        "Table 3 judge per column: {safe: keyword, unsafe: guard} or by suite {xstest-unsafe: guard} "
+        "(YAML only; default: primary_judge for every column)",
+        cli=False,
+    )
+
+    def validate(self) -> None:
+        check_judges(list(self.judges.values()))
+
+
+def check_judges(names: list[str]) -> None:
+    """ConfigError naming any judge that is neither a known name nor `learned:DIR`."""
+    from tbr.errors import ConfigError
+    from tbr.judge import JUDGES
+
+    if bad := [n for n in names if n not in JUDGES and not n.startswith("learned:")]:
+        raise ConfigError(f"unknown judge(s) {', '.join(bad)}; choose from: {', '.join(JUDGES)}, learned:DIR")
 
 
 def _clip(text: Any) -> Any:
@@ -92,7 +110,12 @@ def default_out(run_dirs: list[str]) -> Path:
 
 
 def report(
-    run_dirs: list[str], out: str | None = None, *, title: str | None = None, primary_judge: str | None = None
+    run_dirs: list[str],
+    out: str | None = None,
+    *,
+    title: str | None = None,
+    primary_judge: str | None = None,
+    judges: dict[str, str] | None = None,
 ) -> Path:
     """Write report.md, report.html and the figures into `out`; return the report.html path."""
     from tbr.config import write_manifest
@@ -121,7 +144,7 @@ def report(
             figures.append((caption, path))
 
     type_suites = [s for s in (safe, unsafe) if s]
-    all_tables = [tables.variants_table(variants), tables.table3(variants, judge)]
+    all_tables = [tables.variants_table(variants), tables.table3(variants, judge, judges)]
     all_tables += [
         t
         for t in (
@@ -149,7 +172,11 @@ def report(
     read = [d / "results.json" for v in variants for d in (v.eval_dir, v.general_dir) if d is not None]
     read += [Path(d) / "runs.json" for d in run_dirs]
     cfg = ReportConfig(
-        run_dirs=[str(d) for d in run_dirs], out=str(out_dir), title=title, primary_judge=judge
+        run_dirs=[str(d) for d in run_dirs],
+        out=str(out_dir),
+        title=title,
+        primary_judge=judge,
+        judges=dict(judges or {}),
     )
     tmp = out_dir / ".report-manifest"
     write_manifest(tmp, "report", cfg, data_files=read, extra={"figures": [p.name for _, p in figures]})
@@ -164,6 +191,6 @@ def run(cfg: ReportConfig) -> int:
 
     if not cfg.run_dirs:
         raise ConfigError("give at least one RUN_DIR (a `tbr run` or `tbr eval` output directory)")
-    path = report(cfg.run_dirs, cfg.out, title=cfg.title, primary_judge=cfg.primary_judge)
+    path = report(cfg.run_dirs, cfg.out, title=cfg.title, primary_judge=cfg.primary_judge, judges=cfg.judges)
     print(f"wrote {path.parent / 'report.md'} and {path}")
     return 0

@@ -59,16 +59,37 @@ def _safety_columns(variants: list[Variant]) -> list[tuple[str, str]]:
     return [(name + arrow[name.endswith(("-unsafe", "-toxic"))], name) for name in measured]
 
 
-def table3(variants: list[Variant], judge: str | None = None) -> Table:
+def _label(variants: list[Variant], suite: str, header: str) -> str:
+    """safe or unsafe: what the eval recorded for the suite, else the column's arrow."""
+    for v in variants:
+        lab = (v.suite(suite) or {}).get("label")
+        if lab in ("safe", "unsafe"):
+            return str(lab)
+    return "unsafe" if header.endswith("↓") else "safe"
+
+
+def column_judge(suite: str, label: str, judge: str | None, judges: dict[str, str] | None) -> str | None:
+    """The judge for one column: judges[suite], else judges[label] (safe/unsafe), else `judge`."""
+    judges = judges or {}
+    return judges.get(suite) or judges.get(label) or judge
+
+
+def table3(variants: list[Variant], judge: str | None = None, judges: dict[str, str] | None = None) -> Table:
+    """`judges` picks a judge per column ({safe: keyword, unsafe: guard} is the paper's protocol:
+    refusal keywords on the safe suites, Llama Guard's harmfulness on XS-H and Mal)."""
     safety = _safety_columns(variants)
     header = ["model", "setting"] + [h for h, _ in safety] + [h for h, _, _ in GENERAL_COLUMNS]
+    used = [column_judge(s, _label(variants, s, h), judge, judges) for h, s in safety]
     rows: list[list[Value]] = []
     for v in sorted(variants, key=sort_key):
         row: list[Value] = [v.group, v.name]
-        row += [v.rate(suite, judge) for _, suite in safety]
+        row += [v.rate(suite, j) for (_, suite), j in zip(safety, used, strict=True)]
         row += [v.metric(task, key) for _, task, key in GENERAL_COLUMNS]
         rows.append(row)
+    named = ", ".join(f"{h} {j or 'each eval’s first'}" for (h, _), j in zip(safety, used, strict=True))
     note = (
+        f"Judge per column: {named}. "
+        "A variant whose eval did not run a column's judge shows — there. "
         "Compliance rates (share of prompts answered) with 95% Wilson intervals; XS-H = XSTest unsafe, "
         "Mal = MaliciousInstruct, XS-S = XSTest safe, ORB = OR-Bench-Hard; other suites by name. "
         "↓ lower is better, ↑ higher is better. MMLU, GSM8K (strict-match) and ARC-E are lm-eval "
