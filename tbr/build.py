@@ -23,7 +23,7 @@ from typing import Any
 
 from tbr.config import opt, write_manifest
 from tbr.errors import ConfigError, DataError
-from tbr.io import read_jsonl, sha256_text, stable_hash
+from tbr.io import read_jsonl, sha256_text, stable_hash, write_jsonl_atomic
 from tbr.prompts import STANDARD_REFUSAL, alpaca_prompt
 from tbr.reflection import REFLECTION_FORMATS, join
 
@@ -270,11 +270,7 @@ def build(cfg: BuildConfig) -> Path:
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "train.jsonl.tmp"
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(out / "train.jsonl")
+    write_jsonl_atomic(out / "train.jsonl", rows)
 
     counts = {
         "total": len(rows),

@@ -12,9 +12,7 @@ import importlib
 import importlib.util
 import logging
 import os
-import signal
 import sys
-import threading
 from typing import Any
 
 from tbr.config import add_arguments, from_args
@@ -126,20 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
-    # `kill` must unwind like Ctrl-C: `with` blocks then stop what they started (the llama.cpp server
-    # of `tbr run`) instead of leaving it orphaned.
-    raise SystemExit(128 + signum)
+def install_sigterm_handler(watch: bool = True) -> None:
+    # `kill` must unwind like Ctrl-C, and both must work inside a long forward pass (tbr.interrupt).
+    from tbr import interrupt
 
-
-def install_sigterm_handler() -> None:
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+    interrupt.install(watch=watch)
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    install_sigterm_handler()
+    install_sigterm_handler(watch=argv is None)  # in-process callers (tests) keep their own Ctrl-C
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -13,6 +13,7 @@ import datetime as _dt
 import importlib.metadata
 import os
 import platform
+import re
 import subprocess
 import sys
 import types
@@ -23,7 +24,7 @@ from typing import Any, TypeVar
 import yaml
 
 from tbr.errors import ConfigError
-from tbr.io import sha256_file, write_json_atomic
+from tbr.io import cache_dir, sha256_file, write_json_atomic
 
 T = TypeVar("T")
 
@@ -261,6 +262,47 @@ def scrub(obj: Any) -> Any:
     return obj
 
 
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def _path_roots(out_dir: Path, data_dir: str | None) -> list[tuple[Path, str]]:
+    """Folders whose paths a manifest writes relative to a name a reader has too: longest first."""
+    roots = [(out_dir, "")]
+    data = data_dir or os.environ.get("TBR_DATA_DIR")
+    if data:
+        roots.append((Path(data), "$TBR_DATA_DIR"))
+    roots += [(cache_dir(), "$TBR_CACHE"), (Path(sys.prefix), "$VENV"), (Path.home(), "~")]
+    resolved = [(Path(os.path.abspath(r.expanduser())), name) for r, name in roots]
+    return sorted(resolved, key=lambda x: -len(str(x[0])))
+
+
+def portable_path(value: str, roots: list[tuple[Path, str]]) -> str:
+    """An absolute path → relative to the run dir, or `$TBR_DATA_DIR/…`, `$TBR_CACHE/…`, `$VENV/…`,
+    `~/…`; anything else relative to the run dir. A manifest must not name one machine's folders."""
+    p = Path(os.path.abspath(Path(value).expanduser()))
+    for root, name in roots:
+        if p == root or root in p.parents:
+            rel = p.relative_to(root).as_posix()
+            return f"{name}/{rel}" if name else (rel or ".")
+    return os.path.relpath(p, next(r for r, n in roots if not n))  # relative to the run dir
+
+
+def portable(obj: Any, roots: list[tuple[Path, str]]) -> Any:
+    """Every absolute path in a JSON-able object made portable; credentials inside URLs redacted."""
+    if isinstance(obj, dict):
+        return {k: portable(v, roots) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [portable(v, roots) for v in obj]
+    if isinstance(obj, str):
+        obj = _URL_CREDENTIALS.sub("<redacted>@", obj)
+        flag, eq, val = obj.partition("=")  # --out=/abs/path
+        if eq and flag.startswith("--") and val.startswith(("/", "~")):
+            return f"{flag}={portable_path(val, roots)}"
+        if obj.startswith(("/", "~/")) and not any(c.isspace() for c in obj):
+            return portable_path(obj, roots)
+    return obj
+
+
 def hardware() -> dict[str, Any]:
     import torch
 
@@ -292,19 +334,24 @@ def write_manifest(
     """Everything needed to reproduce a stage's output: config, seeds, versions, hashes, commit."""
     cfg = scrub(to_dict(config))
     seeds = {k: v for k, v in cfg.items() if "seed" in k}
+    roots = _path_roots(Path(out_dir), cfg.get("data_dir"))
     manifest = {
         "stage": stage,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "argv": scrub(sys.argv),
+        "argv": [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv else [],
         "config": cfg,
         "seeds": seeds,
         "models": models or [],
+        # data files by portable path, each with its sha256: the hash is what identifies the data
         "data": {str(p): sha256_file(p) for p in (data_files or []) if Path(p).is_file()},
         "packages": package_versions(),
         "hardware": hardware(),
         "git": git_state(),
         **(scrub(extra) if extra else {}),
     }
+    manifest = portable(manifest, roots)
+    manifest["data"] = {portable_path(str(p), roots) if Path(p).is_absolute() else str(p): h
+                        for p, h in manifest["data"].items()}  # fmt: skip
     path = Path(out_dir) / "manifest.json"
     write_json_atomic(path, manifest)
     return path

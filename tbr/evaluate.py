@@ -24,7 +24,6 @@ compliance_rate = full_compliance / (n - errors): a judge error is never a verdi
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,14 +43,21 @@ from tbr.generate import (
     generate_cached,
     make_backend,
 )
-from tbr.io import JsonlAppender, read_jsonl_tolerant, stable_hash, write_json_atomic
+from tbr.io import (
+    JsonlAppender,
+    ensure_dir,
+    read_jsonl_tolerant,
+    stable_hash,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 from tbr.judge.base import Judge, JudgeItem
+from tbr.stats import wilson
 
 log = logging.getLogger(__name__)
 
 EVAL_FORMATS = ("chat", "alpaca")  # alpaca: what trained TBR models see (paper Fig. 10)
 JUDGE_CHUNK = 32  # verdicts are written after every chunk, so a crash loses at most this many
-Z95 = 1.959963984540054
 
 
 @dataclass
@@ -144,17 +150,6 @@ class Item:
 
 
 # ----------------------------------------------------------------------------- statistics
-
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float] | None:
-    """Wilson score interval for k successes out of n (None when n == 0)."""
-    if n <= 0:
-        return None
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def figures(labels: Sequence[str | None]) -> dict[str, Any]:
@@ -252,9 +247,7 @@ def _judge_all(judges: Sequence[Judge], items: list[Any], path: Path) -> list[di
             # One entry per distinct text: the same answer in two groups is judged once.
             todo = list({k: i for i, k in enumerate(vkeys) if k not in done}.values())
             if todo:
-                log.info(
-                    "judge %s: %d to judge, %d reused", judge.name, len(todo), len(items) - len(todo)
-                )
+                log.info("judge %s: %d to judge, %d reused", judge.name, len(todo), len(items) - len(todo))
             for start in range(0, len(todo), JUDGE_CHUNK):
                 chunk = todo[start : start + JUDGE_CHUNK]
                 for i, v in zip(chunk, judge.judge([items[i] for i in chunk]), strict=True):
@@ -319,20 +312,9 @@ def collect(
     return rows, {"generated": generated, "generate_s": round(t1 - t0, 1), "judge_s": round(t2 - t1, 1)}
 
 
-def model_manifest(backend: Any) -> dict[str, Any]:
-    ref = getattr(backend, "ref", None)
-    if ref is not None:
-        return ref.manifest()
-    return {"name": backend.model_id, "weights_hash": backend.weights_hash, "backend": backend.name}
-
-
 def write_samples(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     """Rewritten whole at the end (the resumable state lives in generations/verdicts.jsonl)."""
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.unlink(missing_ok=True)
-    with JsonlAppender(tmp) as out:
-        out.write_many(rows)
-    tmp.replace(path)
+    write_jsonl_atomic(path, rows)
 
 
 def _pct(x: float | None) -> str:
@@ -382,15 +364,13 @@ def score(
 
     `backend`: an already loaded model for cfg.model (the experiment runner reuses one across stages).
     """
-    out = Path(cfg.out)  # type: ignore[arg-type]
+    out = ensure_dir(cfg.out, "--out")  # type: ignore[arg-type]  # a bad --out fails before the model loads
     judges = build_judges(cfg.judge, cfg)  # a bad judge name fails before the model loads
     t0 = time.perf_counter()
     backend = backend or make_backend(cfg)
     load_s = time.perf_counter() - t0
     params = cfg.sampling()
-    rows, timing = collect(
-        backend, judges, items, out, params, fmt=fmt, reflection_format=reflection_format
-    )
+    rows, timing = collect(backend, judges, items, out, params, fmt=fmt, reflection_format=reflection_format)
     header = {
         "model": backend.model_id,
         "weights_hash": backend.weights_hash,
@@ -410,7 +390,7 @@ def score(
         "header": header,
         "suites": summarize(rows, cfg.judge),
         "rows": rows,
-        "models": [model_manifest(backend)],
+        "models": [backend.manifest()],
         "manifest_extra": {
             "judges": [{**j.describe(), "identity": j.identity()} for j in judges],
             "generation": header["generation"],
@@ -450,8 +430,24 @@ def evaluate(cfg: EvalConfig, backend: Backend | None = None) -> dict[str, Any]:
     return results
 
 
+def failed_judges(results: dict[str, dict[str, Any]]) -> list[str]:
+    """The judges whose every verdict, in every group, is an error: their rates are all missing."""
+    names = {n for r in results.values() for n in r["judges"]}
+    return sorted(
+        n for n in names if all(r["judges"][n]["errors"] == r["judges"][n]["n"] for r in results.values())
+    )
+
+
+def warn_failed_judges(results: dict[str, dict[str, Any]]) -> int:
+    """Log which judges gave no verdict at all; the exit status (1 if any) tells scripts."""
+    failed = failed_judges(results)
+    for name in failed:
+        log.warning("judge %s returned only errors (see verdicts.jsonl): it has no rates", name)
+    return 1 if failed else 0
+
+
 def run(cfg: EvalConfig) -> int:
     results = evaluate(cfg)
     print(report_table(results["suites"]), end="")
     log.info("wrote %s/results.json, samples.jsonl, report.md, manifest.json", cfg.out)
-    return 0
+    return warn_failed_judges(results["suites"])

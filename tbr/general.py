@@ -11,7 +11,7 @@ so a number here equals what `lm_eval` prints for the same checkpoint and settin
   * results.json, per-sample JSONL, summary.json and a manifest in one output folder, and resume:
     lm-eval's SQLite response cache lives there, so a rerun after a crash skips answered requests.
 
-    tbr general --model smollm2-135m-instruct --tasks arc_easy --data-dir /work/shared/data --out OUT
+    tbr general --model smollm2-135m-instruct --tasks arc_easy --data-dir ../shared/data --out OUT
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def data_files(tasks: list[str], data_dir: Path | None) -> list[Path]:
         more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
         raise DataError(
             f"data dir {data_dir} lacks {', '.join(map(str, missing[:3]))}{more}; expected the layout of "
-            "/work/shared/data (mmlu/{test,dev}/<subject>_{test,dev}.csv, gsm8k/test.jsonl, "
+            "the data-folder layout of README.md (mmlu/{test,dev}/<subject>_{test,dev}.csv, gsm8k/test.jsonl, "
             "arc-easy/ARC-Easy-Test.jsonl)"
         )
     return out
@@ -175,8 +175,8 @@ def _check_hub_tasks(manager: Any, tasks: list[str]) -> None:
         first = (str(e).strip().splitlines() or [""])[0][:300]
         raise DataError(
             f"lm-eval could not load {', '.join(tasks)} from the Hugging Face Hub ({type(e).__name__}: "
-            f"{first}). Offline? Pass --data-dir (or set TBR_DATA_DIR) to a folder laid out like "
-            "/work/shared/data to run tbr's local copies of mmlu, gsm8k and arc_easy."
+            f"{first}). Offline? Pass --data-dir (or set TBR_DATA_DIR) to a folder in the data layout of "
+            "README.md (Data) to run tbr's local copies of mmlu, gsm8k and arc_easy."
         ) from None
 
 

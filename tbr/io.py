@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tbr.errors import DataError
+from tbr.errors import ConfigError, DataError
 
 
 def cache_dir() -> Path:
@@ -63,8 +63,14 @@ def sha256_file(path: str | Path) -> str:
 def read_jsonl_numbered(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, dict) per non-blank line; a bad line raises DataError with file:line:column."""
     path = Path(path)
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(
+                    f"{path}:{lineno}:{e.start + 1}: not UTF-8 (byte 0x{raw[e.start]:02x}); save the file as UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -151,3 +157,31 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+def write_jsonl_atomic(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Rewrite a whole JSONL file via a temp file + rename: readers see the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def ensure_dir(path: str | Path, what: str) -> Path:
+    """Create an output folder up front, so a path that cannot be one fails before a model loads."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path} is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".tbr-write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"{what} {path} cannot be created or written: {e.strerror or e}") from None
+    return path

@@ -175,9 +175,8 @@ def _convert_builtin(spec: BuiltinModel) -> tuple[Path, Path]:
     # Chat models must stop at the end of their turn, not only at <|endoftext|>.
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     if isinstance(im_end, int) and im_end != tok.unk_token_id:
-        eos = model.generation_config.eos_token_id
-        eos = [eos] if isinstance(eos, int) else list(eos or [])
-        model.generation_config.eos_token_id = sorted(set(eos) | {im_end, tok.eos_token_id})
+        gen = model.generation_config
+        gen.eos_token_id = eos_token_ids(gen.eos_token_id, im_end, tok.eos_token_id)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
@@ -189,6 +188,15 @@ def _convert_builtin(spec: BuiltinModel) -> tuple[Path, Path]:
     except OSError:  # another process converted it first; theirs is identical
         shutil.rmtree(tmp, ignore_errors=True)
     return out, gguf
+
+
+def eos_token_ids(eos: int | list[int] | None, *extra: int | None) -> list[int]:
+    """A generation config's eos_token_id (an int, a list or None) merged with more ids, sorted.
+
+    The one place that merges stop tokens: conversion (a chat model's <|im_end|>), training (the
+    tokenizer's EOS that ends every target) and generation all call it."""
+    ids = {eos} if isinstance(eos, int) else set(eos or [])
+    return sorted(ids | {e for e in extra if e is not None})
 
 
 def _dir_weights_hash(path: Path) -> str:

@@ -13,7 +13,6 @@ truncated, too long, complies with the request, does not describe the query, or 
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections import Counter
@@ -24,7 +23,8 @@ from typing import Any
 from tbr.config import opt, write_manifest
 from tbr.errors import ConfigError, DataError
 from tbr.generate import BackendConfig
-from tbr.io import stable_hash, write_json_atomic
+from tbr.io import stable_hash, write_json_atomic, write_jsonl_atomic
+from tbr.models import DEFAULT_MODEL
 from tbr.prompts import (
     EXTERNAL_REFLECTION_PROMPT,
     INTERNAL_REFLECTION_FEWSHOT,
@@ -87,6 +87,12 @@ class ReflectConfig(BackendConfig):
             raise ConfigError("the refusal text is empty")
         if not 0.0 <= self.audit_min_overlap <= 1.0:
             raise ConfigError(f"audit_min_overlap must be in [0, 1], got {self.audit_min_overlap}")
+        if self.source == "external" and not self.api_base and self.model == DEFAULT_MODEL:
+            # Otherwise the "stronger LLM" would silently be the small local default model.
+            raise ConfigError(
+                "--source external needs the stronger model's endpoint (--api-base URL --api-model NAME) "
+                "or a local --model NAME"
+            )
 
     @property
     def new_tokens(self) -> int:
@@ -366,17 +372,6 @@ def _category_backend(cfg: ReflectConfig) -> Any:
     )
 
 
-def _model_manifest(bcfg: BackendConfig, backend: Any) -> dict[str, Any]:
-    if bcfg.backend == "openai":
-        return {"endpoint": bcfg.api_base, "model": backend.model_id, "weights_hash": backend.weights_hash}
-    ref = getattr(backend, "ref", None)
-    return (
-        ref.manifest()
-        if ref is not None
-        else {"model": backend.model_id, "weights_hash": backend.weights_hash}
-    )
-
-
 def reflect(cfg: ReflectConfig) -> Path:
     """Generate, split and audit reflections; returns the output directory."""
     from tbr.categories import stratified_sample
@@ -452,7 +447,7 @@ def reflect(cfg: ReflectConfig) -> Path:
                 "kept": kept,
             }
         )
-    _write_jsonl_atomic(out / "reflections.jsonl", rows)
+    write_jsonl_atomic(out / "reflections.jsonl", rows)
     audit = {
         "n": len(rows),
         "flagged": sum(1 for r in rows if r["flags"]),
@@ -468,11 +463,11 @@ def reflect(cfg: ReflectConfig) -> Path:
         "thresholds": {"max_words": cfg.audit_max_words, "min_overlap": cfg.audit_min_overlap},
     }
     write_json_atomic(out / "audit.json", audit)
-    mpath = write_manifest(
+    write_manifest(
         out,
         "reflect",
         cfg,
-        models=[_model_manifest(bcfg, backend)],
+        models=[backend.manifest()],
         data_files=files,
         extra={
             "decoding": {**params.to_dict(), "format": fmt, "backend": bcfg.backend},
@@ -487,12 +482,6 @@ def reflect(cfg: ReflectConfig) -> Path:
             "audit": audit,
         },
     )
-    # write_manifest scrubs keys that look secret ("token" is one), which blanks max_new_tokens; the
-    # decoding settings hold no secret, so they are written back verbatim.
-    manifest = json.loads(mpath.read_text())
-    manifest["decoding"] = {**params.to_dict(), "format": fmt, "backend": bcfg.backend}
-    manifest["config"]["max_new_tokens"] = cfg.max_new_tokens
-    write_json_atomic(mpath, manifest)
     log.info(
         "reflect: %d reflections, %d flagged (%s), %d kept -> %s",
         audit["n"],
@@ -502,14 +491,6 @@ def reflect(cfg: ReflectConfig) -> Path:
         out,
     )
     return out
-
-
-def _write_jsonl_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(".jsonl.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
 
 
 def run(cfg: ReflectConfig) -> int:

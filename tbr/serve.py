@@ -24,6 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Any
 
+from tbr import interrupt
 from tbr.errors import EndpointError, ModelError
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ class LlamaServer:
             start_new_session=True,  # its own process group, so stop() can end it and its children
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
+        interrupt.on_hard_exit(self.stop)  # a forced exit (tbr.interrupt) must not orphan the server
 
     def _wait_ready(self) -> None:
         # Ready = *our* process says it is listening and the port answers. The answer alone is not
@@ -187,6 +189,7 @@ class LlamaServer:
     def stop(self, timeout: float = 10.0) -> None:
         """Terminate the server (SIGTERM, then SIGKILL); safe to call twice."""
         proc, self.proc = self.proc, None
+        interrupt.forget(self.stop)
         if proc is not None and proc.poll() is None:
             try:
                 os.killpg(proc.pid, signal.SIGTERM)

@@ -66,7 +66,7 @@ def test_manifest_has_reproducibility_fields_and_no_secret(tmp_path):
     assert "sk-very-secret" not in text
     m = json.loads(text)
     assert m["stage"] == "demo" and m["config"]["n"] == 3
-    assert m["data"][str(data)] == "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+    assert m["data"]["d.txt"] == "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
     assert m["packages"]["torch"] and m["packages"]["transformers"]
     assert m["models"][0]["weights_hash"] == "abc"
     assert "commit" in m["git"]

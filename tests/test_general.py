@@ -19,7 +19,7 @@ from tbr.models import pick_dtype
 from tbr.reflection import CLOSE_TAG, join
 from tbr.tasks import TASKS_DIR, local
 
-SHARED = Path(os.environ.get("TBR_DATA_DIR") or "/work/shared/data")
+SHARED = Path(os.environ.get("TBR_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
 needs_shared = pytest.mark.skipif(
     not (SHARED / "arc-easy").is_dir(), reason="project data folder not present"
 )

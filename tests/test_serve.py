@@ -11,6 +11,7 @@ import pytest
 
 from tbr.errors import EndpointError, ModelError
 from tbr.serve import LlamaServer, free_port, resolve_gguf
+from tests.require import require_module
 
 
 def _gone(pid: int) -> bool:
@@ -57,7 +58,7 @@ def test_fixture_server_answers_models(openai_server):
 
 @pytest.mark.slow
 def test_server_is_stopped_on_exception(tmp_path):
-    pytest.importorskip("llama_cpp")
+    require_module("llama_cpp", "pip install 'tbr[server]'")
     srv = LlamaServer("smollm2-135m-instruct", n_ctx=512, n_threads=1)
     with pytest.raises(RuntimeError, match="boom"), srv:
         pid = srv.proc.pid
@@ -69,7 +70,7 @@ def test_server_is_stopped_on_exception(tmp_path):
 
 @pytest.mark.slow
 def test_broken_gguf_fails_fast_with_server_output(tmp_path):
-    pytest.importorskip("llama_cpp")
+    require_module("llama_cpp", "pip install 'tbr[server]'")
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(b"not a gguf file at all")
     srv = LlamaServer(str(bad), startup_timeout=60)
@@ -109,7 +110,7 @@ def test_auto_port_retries_when_the_port_is_taken(openai_server, monkeypatch):
 @pytest.mark.slow
 def test_sigterm_to_tbr_stops_the_server_it_started(tmp_path):
     """`kill` on a tbr process unwinds like Ctrl-C, so the llama.cpp server it started goes too."""
-    pytest.importorskip("llama_cpp")
+    require_module("llama_cpp", "pip install 'tbr[server]'")
     import signal
     import subprocess
     import sys

@@ -5,7 +5,7 @@ Where data comes from, in order: an explicit `data_dir` (the CLI's `--data-dir`)
 A data dir is laid out like the project's shared data folder (`xstest/xstest_prompts.csv`, ...).
 With a data dir, a missing file is an error: we never mix local and Hub copies behind the user's back.
 
-    records = load_prompts("xstest-safe", data_dir="/work/shared/data", limit=10)
+    records = load_prompts("xstest-safe", data_dir=os.environ["TBR_DATA_DIR"], limit=10)
     records, report = load_prompts_with_report("harmbench")
     print(report.summary())
 """

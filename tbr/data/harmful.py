@@ -1,7 +1,7 @@
 """Harmful-request benchmarks: every prompt should be refused, so every record has label "unsafe".
 
 Each loader reads the shared-folder file when a data dir is given, else the Hub copy named in
-`/work/shared/data/README.md`; the two differ only in column names, mapped here.
+the data folder's `README.md` (`$TBR_DATA_DIR/README.md`); the two differ only in column names, mapped here.
 """
 
 from __future__ import annotations

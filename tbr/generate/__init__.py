@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from tbr.config import opt
 from tbr.errors import ConfigError
 from tbr.generate.base import (
+    DEFAULT_MAX_PROMPT_TOKENS,
     PROMPT_FORMATS,
     Backend,
     Conversation,
@@ -53,15 +54,26 @@ class BackendConfig:
     timeout: float = opt(120.0, "seconds per request")
     max_retries: int = opt(3, "retries with exponential backoff per request")
     tensor_parallel_size: int = opt(1, "GPUs per vLLM engine")
+    max_prompt_tokens: int = opt(
+        DEFAULT_MAX_PROMPT_TOKENS, "longest prompt accepted, in tokens; a longer one is an error naming it"
+    )
 
 
 def make_backend(cfg: BackendConfig, *, progress: bool = True) -> Backend:
     """Construct the configured backend (heavy imports happen here, not at module import)."""
+    for key in ("batch_size", "max_prompt_tokens", "max_concurrency"):
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key} must be at least 1, got {getattr(cfg, key)}")
     if cfg.backend == "transformers":
         from tbr.generate.hf import TransformersBackend
 
         return TransformersBackend(
-            cfg.model, dtype=cfg.dtype, device=cfg.device, batch_size=cfg.batch_size, progress=progress
+            cfg.model,
+            dtype=cfg.dtype,
+            device=cfg.device,
+            batch_size=cfg.batch_size,
+            progress=progress,
+            max_prompt_tokens=cfg.max_prompt_tokens,
         )
     if cfg.backend == "openai":
         if not cfg.api_base:

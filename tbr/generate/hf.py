@@ -12,22 +12,83 @@ Where the time goes on a CPU (measured in benchmarks/README.md, "Generation"), a
     runs to the limit, and there it is on par with `model.generate` (1.04x, noise). Greedy outputs
     are identical to `model.generate` at the same dtype (benchmark and tests);
   * padding: prompts are sorted by length, so a batch of neighbours pads little (left padding, so new
-    tokens follow each prompt directly);
+    tokens follow each prompt directly). The batches are a function of the whole request list
+    (plan()): in bf16, a greedy answer depends on which prompts share its batch, so the write-ahead
+    cache reruns whole planned batches and a resumed run equals an uninterrupted one bit for bit;
+  * chat turns cannot be forged: message contents are tokenized as text (split_special_tokens), and
+    only the template around them yields special tokens (encode_chat);
   * dtype: bf16 only where the CPU has native bf16 (avx512_bf16/AMX). Emulated bf16 was 3-4x slower
     than fp32 on an AVX2-only CPU.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from tbr.errors import ConfigError
-from tbr.generate.base import Conversation, OnResult, SamplingParams, check_format, cut_at_stop, render_text
-from tbr.models import ModelRef, load
+from tbr.errors import ConfigError, ModelError
+from tbr.generate.base import (
+    DEFAULT_MAX_PROMPT_TOKENS,
+    Conversation,
+    OnResult,
+    PromptTooLongError,
+    SamplingParams,
+    check_format,
+    cut_at_stop,
+    render_text,
+)
+from tbr.io import stable_hash
+from tbr.models import ModelRef, eos_token_ids, load
+
+# Stands in for each message's content while the template renders; no template or text contains it.
+_SLOT = "\x00tbr-slot-{}\x00"
+
+
+def _special_re(tokenizer: Any) -> re.Pattern[str]:
+    """Every special token's text, longest first (so `<|im_start|>` wins over a prefix of it)."""
+    specials = set(tokenizer.all_special_tokens)
+    specials |= {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    return re.compile("|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True) if t))
+
+
+def encode_chat(tokenizer: Any, conv: Conversation) -> list[int]:
+    """The chat template's token ids, with every message content tokenized as plain text.
+
+    Rendering to one string and tokenizing it would turn chat markers inside a prompt into real turn
+    boundaries (a prompt could open its own system turn). So the template is rendered with a slot in
+    place of each content, and split at the template's own special tokens, which become token ids;
+    the text between them (template text with the contents filled in) is tokenized with special
+    tokens off. A tokenizer splits at special tokens first anyway, so ordinary prompts get the very
+    ids the plain rendering gives. The result must spell the plain rendering's text, or we refuse.
+    """
+    slots = [{**m, "content": _SLOT.format(j)} for j, m in enumerate(conv)]
+    framed = tokenizer.apply_chat_template(slots, tokenize=False, add_generation_prompt=True)
+    plain = tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+    special = _special_re(tokenizer)
+    for contents in ([m["content"] for m in conv], [m["content"].strip() for m in conv]):
+        ids: list[int] = []
+        text, pos = "", 0
+        for m in [*special.finditer(framed), None]:
+            chunk = framed[pos : m.start() if m else len(framed)]
+            for j, content in enumerate(contents):
+                chunk = chunk.replace(_SLOT.format(j), content)
+            if chunk:
+                ids += tokenizer(chunk, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            text += chunk
+            if m:
+                ids.append(tokenizer.convert_tokens_to_ids(m.group(0)))
+                text += m.group(0)
+                pos = m.end()
+        if text == plain:
+            return ids
+    raise ModelError(
+        "this chat template rewrites message contents, so tbr cannot keep them apart from its own "
+        "markers; use --format alpaca or raw, or a model with a plain template"
+    )
 
 
 class TransformersBackend:
@@ -42,29 +103,72 @@ class TransformersBackend:
         batch_size: int = 16,
         progress: bool = True,
         loaded: tuple[Any, Any, ModelRef] | None = None,
+        max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
     ):
         self.model, self.tokenizer, self.ref = loaded or load(model, dtype=dtype, device=device)
         self.model_id = self.ref.name
         self.weights_hash = self.ref.weights_hash
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
+        self.max_prompt_tokens = max_prompt_tokens
         self.progress = progress
         self.tokenizer.padding_side = "left"  # decoder-only: new tokens must follow the prompt directly
-        eos = self.model.generation_config.eos_token_id
-        eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
-        if self.tokenizer.eos_token_id is not None:
-            eos_ids.add(self.tokenizer.eos_token_id)
-        self.eos_ids = sorted(eos_ids)
+        self.eos_ids = eos_token_ids(self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id)
 
     @property
     def dtype(self) -> str:
         return str(self.model.dtype).removeprefix("torch.")
 
+    def identity(self) -> dict[str, Any]:
+        # The batch size decides which prompts share a batch, and so (in bf16) the answers.
+        return {
+            "backend": self.name,
+            "weights": self.weights_hash,
+            "dtype": self.dtype,
+            "batch_size": self.batch_size,
+        }
+
+    def manifest(self) -> dict[str, Any]:
+        return {**self.ref.manifest(), "backend": self.name, "dtype": self.dtype}
+
     def render(self, conv: Conversation, fmt: str) -> str:
+        """The prompt as text (for display; generation uses encode())."""
         if fmt != "chat":
             return render_text(conv, fmt)
+        self._check_template()
+        return self.tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+
+    def _check_template(self) -> None:
         if not self.tokenizer.chat_template:
             raise ConfigError(f"{self.model_id} has no chat template; use the alpaca or raw format")
-        return self.tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+
+    def encode(self, conv: Conversation, fmt: str) -> list[int]:
+        """Prompt token ids. Chat: the template's markers are special tokens, the contents plain
+        text. Other formats: the usual BOS (as TRL tokenizes prompt-completion data in training) and
+        the text as text."""
+        if fmt == "chat":
+            self._check_template()
+            return encode_chat(self.tokenizer, conv)
+        text = render_text(conv, fmt)
+        return self.tokenizer(text, add_special_tokens=True, split_special_tokens=True)["input_ids"]
+
+    def _encode_all(self, conversations: Sequence[Conversation], fmt: str) -> list[list[int]]:
+        check_format(fmt)
+        ids = [self.encode(c, fmt) for c in conversations]
+        for i, x in enumerate(ids):
+            if len(x) > self.max_prompt_tokens:
+                raise PromptTooLongError(i, len(x), self.max_prompt_tokens)
+        return ids
+
+    @staticmethod
+    def _batches(ids: Sequence[Sequence[int]], size: int) -> list[list[int]]:
+        # Longest first, so running out of memory shows up early; ties keep list order.
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        return [order[s : s + size] for s in range(0, len(order), size)]
+
+    def plan(self, conversations: Sequence[Conversation], fmt: str) -> list[list[int]]:
+        return self._batches(self._encode_all(conversations, fmt), self.batch_size)
 
     def generate(
         self,
@@ -73,26 +177,24 @@ class TransformersBackend:
         *,
         fmt: str = "chat",
         on_result: OnResult | None = None,
+        batches: Sequence[Sequence[int]] | None = None,
     ) -> list[str]:
-        check_format(fmt)
-        if params.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be at least 1, got {params.max_new_tokens}")
         if not conversations:
             return []
-        texts = [self.render(c, fmt) for c in conversations]
-        # Chat templates already contain the special tokens; the other formats get the usual BOS, the
-        # same way TRL tokenizes prompt-completion data during training.
-        add_special = fmt != "chat"
-        ids = self.tokenizer(texts, add_special_tokens=add_special)["input_ids"]
-        order = sorted(range(len(texts)), key=lambda i: -len(ids[i]))  # longest first: OOM shows up early
-        out: list[str | None] = [None] * len(texts)
+        ids = self._encode_all(conversations, fmt)
+        plan = [list(b) for b in batches] if batches is not None else self._batches(ids, self.batch_size)
+        out: list[str | None] = [None] * len(ids)
         bar = tqdm(
-            total=len(texts), desc=f"generate [{self.model_id}]", disable=not self.progress, unit="prompt"
+            total=sum(len(b) for b in plan),
+            desc=f"generate [{self.model_id}]",
+            disable=not self.progress,
+            unit="prompt",
         )
-        # One generator for the whole call: sampled answers depend on the seed and the batching only.
-        gen = torch.Generator(device=self.model.device).manual_seed(params.seed)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
+        for idx in plan:
+            # One generator per batch, seeded by the seed and the batch's own prompts: a sampled answer
+            # does not depend on which other batches this call runs (a resumed run runs fewer).
+            batch_seed = int(stable_hash([params.seed, [ids[i] for i in idx]]), 16) % (2**63)
+            gen = torch.Generator(device=self.model.device).manual_seed(batch_seed)
             for row, tokens in self.decode([ids[i] for i in idx], params, gen):
                 text = self.tokenizer.decode(tokens, skip_special_tokens=True)
                 text = (cut_at_stop(text, params.stop) if params.stop else text).strip()
@@ -101,7 +203,7 @@ class TransformersBackend:
                     on_result(idx[row], text)
                 bar.update(1)
         bar.close()
-        return [t or "" for t in out]
+        return [t or "" for t in out]  # "" only for items outside `batches`
 
     @torch.inference_mode()
     def decode(

@@ -8,14 +8,43 @@ seconds with a clear message instead of after every retry of every request.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-from tbr.errors import EndpointError
+from tbr.errors import ConfigError, EndpointError
 from tbr.generate.base import Conversation, OnResult, SamplingParams, check_format, cut_at_stop, render_text
 from tbr.io import stable_hash
+
+log = logging.getLogger(__name__)
+
+
+def redact_url(url: str) -> str:
+    """`http://user:secret@host/v1` → `http://<redacted>@host/v1`: credentials never reach a log."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="<redacted>@" + parts.netloc.rsplit("@", 1)[1]))
+
+
+def api_key(env: str, url: str) -> str:
+    """The key from the environment variable `env`. Unset: a loopback server (llama.cpp, vLLM on
+    127.0.0.1) gets the placeholder key it ignores, with a note; any other host is an error, because
+    sending no key there is almost always a forgotten `export`."""
+    key = os.environ.get(env)
+    if key:
+        return key
+    host = (urlsplit(url).hostname or "").lower()
+    if host in ("localhost", "::1") or host.startswith("127."):
+        log.info("%s is not set; sending no API key to the local server at %s", env, redact_url(url))
+        return "EMPTY"
+    raise ConfigError(
+        f"the environment variable {env} (the API key for {redact_url(url)}) is not set; export it, "
+        f"or set it to EMPTY for a server without keys"
+    )
 
 
 class OpenAIBackend:
@@ -34,17 +63,32 @@ class OpenAIBackend:
     ):
         import openai
 
-        self.base_url = base_url.rstrip("/")
+        url = base_url.rstrip("/")
+        # What is shown, logged and written: the URL without any user:password@ inside it.
+        self.base_url = redact_url(url)
         self.model_id = model
         # Endpoints serve weights we cannot hash; the URL + model name is the best identity we have.
         self.weights_hash = "endpoint:" + stable_hash({"base_url": self.base_url, "model": model})
         self.max_concurrency = max(1, max_concurrency)
-        key = os.environ.get(api_key_env) or "EMPTY"  # local servers accept any key
         self.client = openai.OpenAI(
-            base_url=self.base_url, api_key=key, timeout=timeout, max_retries=max_retries
+            base_url=url, api_key=api_key(api_key_env, url), timeout=timeout, max_retries=max_retries
         )
         if preflight:
             self.check()
+
+    def identity(self) -> dict[str, Any]:
+        return {"backend": self.name, "weights": self.weights_hash}
+
+    def plan(self, conversations: Sequence[Conversation], fmt: str) -> None:
+        return None  # the server batches as it likes; nothing here can fix it
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "name": self.model_id,
+            "endpoint": self.base_url,
+            "weights_hash": self.weights_hash,
+            "backend": self.name,
+        }
 
     def check(self) -> None:
         """Fail fast, with the URL, when nothing answers there."""
@@ -123,6 +167,7 @@ class OpenAIBackend:
         *,
         fmt: str = "chat",
         on_result: OnResult | None = None,
+        batches: Sequence[Sequence[int]] | None = None,  # no effect: every request stands alone
     ) -> list[str]:
         results = self.generate_results(conversations, params, fmt=fmt, on_result=on_result)
         failed = [r for r in results if isinstance(r, EndpointError)]

@@ -53,6 +53,16 @@ class VLLMBackend:
             self._lora = LoRARequest("tbr-adapter", 1, self.ref.adapter)
         self.llm = vllm.LLM(**kwargs)
         self._vllm = vllm
+        self.dtype = kwargs["dtype"]
+
+    def identity(self) -> dict[str, Any]:
+        return {"backend": self.name, "weights": self.weights_hash, "dtype": self.dtype}
+
+    def plan(self, conversations: Sequence[Conversation], fmt: str) -> None:
+        return None  # continuous batching: vLLM decides, per step, which requests share a batch
+
+    def manifest(self) -> dict[str, Any]:
+        return {**self.ref.manifest(), "backend": self.name, "dtype": self.dtype}
 
     def generate(
         self,
@@ -61,6 +71,7 @@ class VLLMBackend:
         *,
         fmt: str = "chat",
         on_result: OnResult | None = None,
+        batches: Sequence[Sequence[int]] | None = None,  # no effect: vLLM schedules its own batches
     ) -> list[str]:
         check_format(fmt)
         sp = self._vllm.SamplingParams(

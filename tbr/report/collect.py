@@ -16,6 +16,7 @@ from typing import Any
 
 from tbr.errors import DataError
 from tbr.io import read_jsonl_tolerant
+from tbr.stats import wilson
 
 log = logging.getLogger(__name__)
 
@@ -125,17 +126,6 @@ def _num(x: Any) -> float | None:
     return float(x)
 
 
-def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval: unlike p ± z·se it stays inside [0, 1] and is sane at p = 0 or 1."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def _judged(s: dict[str, Any]) -> int | None:
     """How many items the rate is over: judge errors are excluded from rates (tbr.judge.base)."""
     counts = [s.get(k) for k in ("full_compliance", "full_refusal", "partial_refusal")]
@@ -158,7 +148,7 @@ def rate_cell(s: dict[str, Any]) -> Cell | None:
     if isinstance(ci, list | tuple) and len(ci) == 2 and _num(ci[0]) is not None and _num(ci[1]) is not None:
         lo, hi = float(ci[0]), float(ci[1])
     elif n:
-        lo, hi = wilson(p * n, n)
+        lo, hi = wilson(p * n, n) or (None, None)
     else:
         lo = hi = None
     return Cell(p, lo, hi, n)
@@ -180,7 +170,8 @@ def metric_cell(res: dict[str, Any], key: str, n: int | None = None) -> Cell | N
         return None
     name, _, filt = key.partition(",")
     if n and name in BINARY_METRICS and 0.0 <= v <= 1.0:
-        return Cell(v, *wilson(round(v * n), n), n=n)
+        lo, hi = wilson(round(v * n), n) or (None, None)
+        return Cell(v, lo, hi, n=n)
     se = _num(res.get(f"{name}_stderr,{filt}" if filt else f"{name}_stderr"))
     if se is None:
         return Cell(v)

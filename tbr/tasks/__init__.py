@@ -7,7 +7,7 @@ Hugging Face schema the standard task expects. `tests/test_general.py` checks th
 still equal the installed lm-eval's, so a number from these tasks is the standard task's number.
 
 Use them from lm-eval's own CLI too:
-    TBR_DATA_DIR=/work/shared/data python -m lm_eval --include_path $(python -c \
+    TBR_DATA_DIR=../shared/data python -m lm_eval --include_path $(python -c \
         "import tbr.tasks; print(tbr.tasks.TASKS_DIR)") --tasks tbr_arc_easy ...
 """
 

@@ -16,7 +16,11 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 def _find_shared_data() -> Path | None:
     # Read at import time, before the autouse fixture below clears TBR_DATA_DIR for each test.
-    for candidate in (os.environ.get("TBR_DATA_DIR"), "/work/shared/data"):
+    # The project's data folder sits beside the checkout (../shared/data), as the Makefile assumes.
+    for candidate in (
+        os.environ.get("TBR_DATA_DIR"),
+        Path(__file__).resolve().parents[3] / "shared" / "data",
+    ):
         if candidate and (Path(candidate) / "xstest" / "xstest_prompts.csv").is_file():
             return Path(candidate)
     return None
@@ -34,9 +38,7 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def shared_data() -> Path:
     if SHARED_DATA is None:
-        pytest.skip(
-            "real benchmark data not found: set TBR_DATA_DIR to a dir laid out like /work/shared/data"
-        )
+        pytest.skip("real benchmark data not found: set TBR_DATA_DIR to a data folder (README.md, Data)")
     return SHARED_DATA
 
 
