@@ -54,8 +54,14 @@ PAPER_COUNTS = {
     "guns_illegal_weapons": 32,
 }
 CATEGORIZERS = ("keyword", "embed", "llm")
-# embed: a prompt further than this (cosine) from every centroid is `other` ("far").
-EMBED_MIN_SIM = 0.3
+# embed: a prompt is assigned its nearest centroid only when the cosine is at least EMBED_MIN_SIM and
+# beats the runner-up by EMBED_MARGIN (else `other`, "far"), and only when that centroid was learned
+# from at least EMBED_MIN_SEEDS seed prompts (else `other`, "thin": suicide/self-harm has 11 seeds on
+# Safety-Tuned LLaMAs, and its centroid pulled in corpse-disposal prompts, 0 of 8 right). Measured
+# against the hand labels (tbr/assets/category_labels.jsonl) in docs/results.md.
+EMBED_MIN_SIM = 0.35
+EMBED_MARGIN = 0.03
+EMBED_MIN_SEEDS = 30
 
 # --------------------------------------------------------------------------- keyword seeds
 # The word lists live in tbr/assets/category_keywords.json (syntax and policy in its "about"); their
@@ -64,6 +70,9 @@ EMBED_MIN_SIM = 0.3
 # a prompt that is a crime but none of Fig. 11's categories, or one that asks how to *prevent* harm
 # ("Brainstorm methods to prevent terrorism"), is `other` with that reason, never a refusal target.
 KEYWORDS_ASSET = Path(__file__).resolve().parent / "assets" / "category_keywords.json"
+# Hand labels of Safety-Tuned LLaMAs prompts, by content-hash id only (the data is CC BY-NC): 100 drawn
+# at random and 56 from the embed categoriser's own assignments; docs/results.md has the precision.
+LABELS_ASSET = KEYWORDS_ASSET.with_name("category_labels.jsonl")
 OTHER = "other"
 
 
@@ -84,7 +93,11 @@ def _load_asset(path: Path = KEYWORDS_ASSET) -> dict[str, Any]:
 _ASSET = _load_asset()
 KEYWORDS: dict[str, tuple[str, ...]] = {c: tuple(_ASSET["categories"][c]) for c in CATEGORIES}
 OTHER_KEYWORDS: dict[str, tuple[str, ...]] = {k: tuple(v) for k, v in _ASSET["other"].items()}
-OTHER_REASONS: dict[str, str] = dict(_ASSET["other_reasons"])
+OTHER_REASONS: dict[str, str] = {
+    **_ASSET["other_reasons"],
+    "thin": "the nearest category has too few seed prompts (EMBED_MIN_SEEDS) to extend by similarity",
+    "llm_none": "the llm categorizer answered none",
+}
 KEYWORD_PRIORITY: tuple[str, ...] = tuple(_ASSET["priority"])
 
 
@@ -102,7 +115,12 @@ def asset_hashes(categorizer: str) -> dict[str, str]:
         from tbr.embed import DEFAULT_ENCODER, ENCODERS
 
         out["encoder"] = ENCODERS[DEFAULT_ENCODER].sha256
+        out["embed_rule"] = stable_hash(embed_rule())
     return out
+
+
+def embed_rule() -> dict[str, Any]:
+    return {"min_sim": EMBED_MIN_SIM, "margin": EMBED_MARGIN, "min_seeds": EMBED_MIN_SEEDS}
 
 
 _INFLECTION = r"(?:s|es|ed|ing|er|ers|ings|d)?"
@@ -185,7 +203,7 @@ class CategoryReport:
     reasons: list[str | None] = field(default_factory=list)  # per prompt: why it is `other` (else None)
     methods: dict[str, int] = field(default_factory=dict)  # how many prompts each method labelled
     encoder: dict[str, Any] | None = None  # the embed categoriser's encoder (name, weights hash)
-    min_sim: float | None = None
+    embed_rule: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         n = sum(self.counts.values())
@@ -202,7 +220,7 @@ class CategoryReport:
             "llm_failure_examples": self.llm_failure_examples[:5],
             "from_source": self.from_source,
             "keywords_asset": {"file": KEYWORDS_ASSET.name, "sha256": asset_sha256()},
-            **({"encoder": self.encoder, "min_sim": self.min_sim} if self.encoder else {}),
+            **({"encoder": self.encoder, "embed_rule": self.embed_rule} if self.encoder else {}),
         }
 
 
@@ -219,11 +237,12 @@ def _reason(group: str | None) -> str:
 
 
 def embed_categories(
-    texts: Sequence[str], seeds: Sequence[str | None], min_sim: float = EMBED_MIN_SIM, encoder: Any = None
+    texts: Sequence[str], seeds: Sequence[str | None], encoder: Any = None
 ) -> tuple[list[str], list[float], dict[str, Any]]:
     """Nearest-centroid groups for `texts`: one centroid per seed group (category or other-reason),
-    the normalised mean of its seed prompts' embeddings (tbr.embed). A text below `min_sim` cosine to
-    every centroid is "far". Returns (group per text, best cosine per text, encoder manifest)."""
+    the normalised mean of its seed prompts' embeddings (tbr.embed). A text gets its nearest group
+    when the rule of EMBED_MIN_SIM / EMBED_MARGIN / EMBED_MIN_SEEDS allows, else "far" or "thin".
+    Returns (group per text, best cosine per text, encoder manifest)."""
     import numpy as np
 
     from tbr.embed import load_encoder
@@ -231,16 +250,26 @@ def embed_categories(
     enc = encoder or load_encoder()
     vecs = enc.encode(list(texts))
     groups = [g for g in KEYWORD_PRIORITY if any(s == g for s in seeds)]
-    if not groups:
+    if len(groups) < 2:
         raise DataError(
-            "embed categorizer: no prompt matched any seed keyword, so there is nothing to learn from"
+            "embed categorizer: seed keywords matched fewer than two groups; nothing to learn from"
         )
-    cents = np.stack([vecs[[i for i, s in enumerate(seeds) if s == g]].mean(0) for g in groups])
+    members = {g: [i for i, s in enumerate(seeds) if s == g] for g in groups}
+    cents = np.stack([vecs[members[g]].mean(0) for g in groups])
     cents /= np.linalg.norm(cents, axis=1, keepdims=True)
     sims = vecs @ cents.T
-    best = sims.argmax(1)
-    out = [groups[b] if sims[i, b] >= min_sim else "far" for i, b in enumerate(best)]
-    return out, [float(sims[i, b]) for i, b in enumerate(best)], enc.manifest()
+    order = np.argsort(-sims, axis=1)
+    out, best = [], []
+    for i in range(len(texts)):
+        first, second = sims[i, order[i, 0]], sims[i, order[i, 1]]
+        g = groups[order[i, 0]]
+        if first < EMBED_MIN_SIM or first - second < EMBED_MARGIN:
+            g = "far"
+        elif g in CATEGORIES and len(members[g]) < EMBED_MIN_SEEDS:
+            g = "thin"
+        out.append(g)
+        best.append(float(first))
+    return out, best, enc.manifest()
 
 
 def categorize(
@@ -282,9 +311,9 @@ def categorize(
         if rest:
             # Centroids learn from the seeds of the whole pool, so a small pool still gets them.
             groups, sims, report.encoder = embed_categories(
-                [texts[i] for i in todo], [seeds[i] for i in todo], EMBED_MIN_SIM, encoder
+                [texts[i] for i in todo], [seeds[i] for i in todo], encoder
             )
-            report.min_sim = EMBED_MIN_SIM
+            report.embed_rule = embed_rule()
             by_i = dict(zip(todo, groups, strict=True))
             for i in rest:
                 seeds[i] = by_i[i]
