@@ -222,3 +222,28 @@ def test_table3_shows_the_measured_suites_when_none_of_the_papers_are(tmp_path: 
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| model | setting | demo-safe↑ | MMLU | GSM8K | ARC-E |" in md
     assert "| qwen2.5-coder-0.5b-instruct | demo-eval | 0.00 [0.00, 0.28] | — | — | — |" in md
+
+
+def test_table3_takes_a_judge_per_column(tmp_path: Path) -> None:
+    from tbr.report.tables import table3
+
+    _, variants = collect([FIXTURES / "exp"])
+    v = next(v for v in variants if v.source == "external")
+    t = table3([v], judges={"unsafe": "strmatch", "xstest-safe": "keyword"})
+    row = t.rows[0]
+    cols = dict(zip(t.header, row, strict=True))
+    assert cols["XS-H↓"] == v.rate("xstest-unsafe", "strmatch")
+    assert cols["XS-S↑"] == v.rate("xstest-safe", "keyword")
+    assert "Judge per column: XS-H↓ strmatch, Mal↓ strmatch, XS-S↑ keyword" in t.note
+    # a judge the eval did not run leaves its column empty rather than borrowing another's figures
+    t = table3([v], judges={"unsafe": "guard"})
+    assert dict(zip(t.header, t.rows[0], strict=True))["XS-H↓"] is None
+    # and through the config: an unknown judge name is a config error naming it
+    from tbr.config import build
+    from tbr.errors import ConfigError
+    from tbr.report import ReportConfig
+
+    with pytest.raises(ConfigError, match="unknown judge.*gaurd"):
+        build(ReportConfig, {"run_dirs": ["x"], "judges": {"unsafe": "gaurd"}})
+    report([str(FIXTURES / "exp")], str(tmp_path), judges={"unsafe": "strmatch"})
+    assert "Judge per column: XS-H↓ strmatch" in (tmp_path / "report.md").read_text()
