@@ -1,15 +1,13 @@
 """`tbr <verb>`: verbs map to stage functions; nothing else lives here.
 
 Each stage module exposes a config dataclass and a function taking it. The table below names them
-as strings so `tbr --help` stays fast (torch is only imported by the verb that runs) and a verb
-appears only once its module exists.
+as strings so `tbr --help` stays fast (torch is only imported by the verb that runs).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import logging
 import os
 import sys
@@ -66,21 +64,6 @@ SUBVERBS: dict[str, dict[str, tuple[str, str, str, str]]] = {
 }
 
 
-def _available() -> dict[str, tuple[str, str, str, str]]:
-    """The verbs whose stage module exists and exposes its config class and function."""
-    out = {}
-    for verb, spec in VERBS.items():
-        try:
-            if importlib.util.find_spec(spec[0]) is None:
-                continue
-        except ModuleNotFoundError:
-            continue
-        mod = importlib.import_module(spec[0])
-        if hasattr(mod, spec[1]) and hasattr(mod, spec[2]):
-            out[verb] = spec
-    return out
-
-
 def _cmd_models(_: argparse.Namespace) -> int:
     from tbr.models import list_builtins
 
@@ -110,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     p = sub.add_parser("models", help="list built-in models")
     p.set_defaults(_handler=_cmd_models)
-    for verb, verb_spec in _available().items():
+    for verb, verb_spec in VERBS.items():
         p = sub.add_parser(verb, help=verb_spec[3], description=verb_spec[3])
         specs: dict[str | None, tuple[str, str, str, str]] = {None: verb_spec}
         if verb in SUBVERBS:

@@ -271,14 +271,16 @@ def _path_roots(out_dir: Path, data_dir: str | None) -> list[tuple[Path, str]]:
     data = data_dir or os.environ.get("TBR_DATA_DIR")
     if data:
         roots.append((Path(data), "$TBR_DATA_DIR"))
-    roots += [(cache_dir(), "$TBR_CACHE"), (Path(sys.prefix), "$VENV"), (Path.home(), "~")]
+    package = Path(__file__).resolve().parent  # built-in assets: tbr/assets/…
+    roots += [(package, "tbr"), (cache_dir(), "$TBR_CACHE"), (Path(sys.prefix), "$VENV"), (Path.home(), "~")]
     resolved = [(Path(os.path.abspath(r.expanduser())), name) for r, name in roots]
     return sorted(resolved, key=lambda x: -len(str(x[0])))
 
 
 def portable_path(value: str, roots: list[tuple[Path, str]]) -> str:
-    """An absolute path → relative to the run dir, or `$TBR_DATA_DIR/…`, `$TBR_CACHE/…`, `$VENV/…`,
-    `~/…`; anything else relative to the run dir. A manifest must not name one machine's folders."""
+    """An absolute path → relative to the run dir, or `$TBR_DATA_DIR/…`, `tbr/…` (built-in assets),
+    `$TBR_CACHE/…`, `$VENV/…`, `~/…`; anything else relative to the run dir. A manifest must not
+    name one machine's folders."""
     p = Path(os.path.abspath(Path(value).expanduser()))
     for root, name in roots:
         if p == root or root in p.parents:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from tbr.audit import audit_reflection, summarize
 from tbr.config import opt, write_manifest
 from tbr.errors import ConfigError, DataError
 from tbr.generate import BackendConfig
@@ -28,7 +29,6 @@ from tbr.models import DEFAULT_MODEL
 from tbr.prompts import (
     EXTERNAL_REFLECTION_PROMPT,
     INTERNAL_REFLECTION_FEWSHOT,
-    PAPER_REFUSAL_STRINGS,
     STANDARD_REFUSAL,
 )
 
@@ -229,120 +229,6 @@ def split_external(output: str, refusal: str = STANDARD_REFUSAL) -> ExternalSpli
     return ExternalSplit(head, method, text[pos:].strip(), connector)
 
 
-# --------------------------------------------------------------------------- audit
-
-AUDIT_FLAGS = (
-    "empty",
-    "truncated",
-    "too_long",
-    "compliance",
-    "off_topic",
-    "copies_example",
-    "refusal_phrase",
-)
-_STOPWORDS = frozenset(
-    """a an the and or but if then of to in on at by for with from into onto about as is are was were be been
-    being do does did doing have has had having i me my you your yours he him his she her it its we us our
-    they them their this that these those what which who whom whose how why when where there here can could
-    would should will shall may might must not no so than too very just also any some all each every other
-    such own same more most few both only out up down over under again once query asks ask asking request
-    requests requesting question instruction explain describe list make give tell write create provide
-    someone something way ways one get using use""".split()  # noqa: SIM905
-)
-# Signs that a reflection starts doing what the harmful request asks (step lists, how-to, code).
-_COMPLIANCE = [
-    re.compile(p, re.IGNORECASE | re.MULTILINE)
-    for p in (
-        r"\bstep\s*\d",
-        r"^\s*\d+[.)]\s+\S",
-        r"^\s*[-*•]\s+\S",
-        r"\bhere(?:'s| is| are)\s+(?:how|a|an|the|some|what|step)",
-        r"\bfirst(?:ly)?,?\s+you\b",
-        r"\b(?:then|next|finally),?\s+you\s+(?:should|need|can|will|must)\b",
-        r"\byou\s+(?:will\s+)?need\s+(?:to|a|an|some)\b",
-        r"```|^\s*(?:def |import |#include|sudo |\$ )|<script",
-        # An imperative instruction opening a sentence ("Mix the …", "Buy a …").
-        r"(?:^|[.!?]\s+)(?:mix|buy|take|get|go|put|add|pour|heat|combine|place|insert|cut|hide|wait|"
-        r"find|open|install|download|run|grab|obtain|purchase|attach|light|aim|shoot|stab|inject|"
-        r"dissolve|wrap|fill|start by|begin by|make sure)\s",
-    )
-]
-
-
-def _stem(word: str) -> str:
-    for suf in ("ing", "ed", "es", "s", "ly", "er"):
-        if word.endswith(suf) and len(word) - len(suf) >= 3:
-            word = word[: -len(suf)]
-            break
-    return word.rstrip("e")  # "mosque"/"mosques", "make"/"making" meet at one stem
-
-
-def _words(text: str) -> list[str]:
-    return re.findall(r"[a-z0-9]+", text.lower())
-
-
-# A reflection that repeats 6 consecutive words of the prompt's own worked examples (Figure 8's
-# explanations, Figure 9's pet example) copied the example instead of reflecting on the query. The
-# shared opener "This query asks for" is not counted: every good reflection starts like that.
-_COPY_N = 6
-
-
-def _example_ngrams() -> set[tuple[str, ...]]:
-    lines = [
-        ln.removeprefix("Explain: ")
-        for ln in INTERNAL_REFLECTION_FEWSHOT.splitlines()
-        if ln.startswith("Explain: ")
-    ]
-    lines += [
-        ln.removeprefix("revised output: ").split(" Therefore,")[0]
-        for ln in EXTERNAL_REFLECTION_PROMPT.splitlines()
-        if ln.startswith("revised output: ")
-    ]
-    grams = set()
-    for ln in lines:
-        w = _words(ln)
-        start = 4 if w[:3] == ["this", "query", "asks"] else 0
-        grams.update(tuple(w[i : i + _COPY_N]) for i in range(start, len(w) - _COPY_N + 1))
-    return grams
-
-
-_EXAMPLE_NGRAMS = _example_ngrams()
-
-
-def copies_example(text: str) -> bool:
-    w = _words(text)
-    return any(tuple(w[i : i + _COPY_N]) in _EXAMPLE_NGRAMS for i in range(len(w) - _COPY_N + 1))
-
-
-def content_words(text: str) -> set[str]:
-    return {_stem(w) for w in re.findall(r"[a-z0-9']+", text.lower()) if len(w) >= 3 and w not in _STOPWORDS}
-
-
-def audit_reflection(
-    reflection: str | None, instruction: str, *, max_words: int = 60, min_overlap: float = 0.2
-) -> list[str]:
-    """The AUDIT_FLAGS that apply to one reflection (an empty list means clean)."""
-    text = (reflection or "").strip()
-    if not re.search(r"[A-Za-z0-9]", text):
-        return ["empty"]
-    flags = []
-    if text[-1] not in ".!?\"')…":
-        flags.append("truncated")  # generation ran out of tokens mid-sentence
-    if len(text.split()) > max_words:
-        flags.append("too_long")
-    if any(p.search(text) for p in _COMPLIANCE):
-        flags.append("compliance")
-    query = content_words(instruction)
-    if query and len(query & content_words(text)) / len(query) < min_overlap:
-        flags.append("off_topic")
-    if copies_example(text):
-        flags.append("copies_example")
-    low = text.lower()
-    if any(s.lower() in low for s in PAPER_REFUSAL_STRINGS):
-        flags.append("refusal_phrase")
-    return flags
-
-
 # --------------------------------------------------------------------------- the stage
 
 
@@ -372,22 +258,9 @@ def _category_backend(cfg: ReflectConfig) -> Any:
     )
 
 
-def reflect(cfg: ReflectConfig) -> Path:
-    """Generate, split and audit reflections; returns the output directory."""
-    from tbr.categories import stratified_sample
+def _generate(cfg: ReflectConfig, picked: list[SafetyPrompt], out: Path) -> tuple[Any, list, Any, str, str]:
+    """Each picked prompt through Figure 8 (internal) or Figure 9 (external), write-ahead cached."""
     from tbr.generate import SamplingParams, chat, generate_cached, make_backend
-
-    cfg.validate()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    prompts, data_report, files = load_safety(
-        cfg.safety_source, cfg.data_dir, cfg.categorizer, _category_backend(cfg), out / "categories.jsonl"
-    )
-    picked = [
-        prompts[i]
-        for i in stratified_sample([p.id for p in prompts], [p.category for p in prompts], cfg.n, cfg.seed)
-    ]
-    log.info("reflect: %d safety prompts sampled from %d (%s)", len(picked), len(prompts), cfg.safety_source)
 
     bcfg = _backend_config(cfg)
     if cfg.source == "internal":
@@ -408,8 +281,14 @@ def reflect(cfg: ReflectConfig) -> Path:
         ids=[p.id for p in picked],
         extra=[{"instruction": p.instruction, "category": p.category} for p in picked],
     )
+    return backend, gens, params, fmt, rule
 
-    rows, flag_counts, split_counts = [], Counter(), Counter()
+
+def _audit_rows(
+    cfg: ReflectConfig, picked: list[SafetyPrompt], gens: list[dict]
+) -> tuple[list[dict], Counter]:
+    """One reflections.jsonl row per prompt: the split reflection, its audit flags, kept or not."""
+    rows, split_counts = [], Counter()
     for p, g in zip(picked, gens, strict=True):
         raw = g["response"]
         split_info: dict[str, Any] = {}
@@ -427,7 +306,6 @@ def reflect(cfg: ReflectConfig) -> Path:
             flags = audit_reflection(
                 reflection, p.instruction, max_words=cfg.audit_max_words, min_overlap=cfg.audit_min_overlap
             )
-        flag_counts.update(flags)
         # A split failure leaves no reflection to keep, whatever --audit says.
         kept = reflection is not None and bool(reflection.strip()) and (cfg.audit == "keep" or not flags)
         rows.append(
@@ -447,21 +325,31 @@ def reflect(cfg: ReflectConfig) -> Path:
                 "kept": kept,
             }
         )
+    return rows, split_counts
+
+
+def reflect(cfg: ReflectConfig) -> Path:
+    """Generate, split and audit reflections; returns the output directory."""
+    from tbr.categories import stratified_sample
+
+    cfg.validate()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prompts, data_report, files = load_safety(
+        cfg.safety_source, cfg.data_dir, cfg.categorizer, _category_backend(cfg), out / "categories.jsonl"
+    )
+    picked = [
+        prompts[i]
+        for i in stratified_sample([p.id for p in prompts], [p.category for p in prompts], cfg.n, cfg.seed)
+    ]
+    log.info("reflect: %d safety prompts sampled from %d (%s)", len(picked), len(prompts), cfg.safety_source)
+
+    backend, gens, params, fmt, rule = _generate(cfg, picked, out)
+    rows, split_counts = _audit_rows(cfg, picked, gens)
     write_jsonl_atomic(out / "reflections.jsonl", rows)
-    audit = {
-        "n": len(rows),
-        "flagged": sum(1 for r in rows if r["flags"]),
-        "clean": sum(1 for r in rows if not r["flags"]),
-        "kept": sum(1 for r in rows if r["kept"]),
-        "action": cfg.audit,
-        "flags": {f: flag_counts.get(f, 0) for f in (*AUDIT_FLAGS, "split_failed")},
-        "split_methods": dict(split_counts),
-        "per_category": {
-            c: {"n": n, "kept": sum(1 for r in rows if r["category"] == c and r["kept"])}
-            for c, n in Counter(r["category"] for r in rows).items()
-        },
-        "thresholds": {"max_words": cfg.audit_max_words, "min_overlap": cfg.audit_min_overlap},
-    }
+    audit = summarize(
+        rows, split_counts, action=cfg.audit, max_words=cfg.audit_max_words, min_overlap=cfg.audit_min_overlap
+    )
     write_json_atomic(out / "audit.json", audit)
     write_manifest(
         out,
@@ -470,7 +358,7 @@ def reflect(cfg: ReflectConfig) -> Path:
         models=[backend.manifest()],
         data_files=files,
         extra={
-            "decoding": {**params.to_dict(), "format": fmt, "backend": bcfg.backend},
+            "decoding": {**params.to_dict(), "format": fmt, "backend": backend.name},
             "prompt": "Figure 8 (tbr.prompts.INTERNAL_REFLECTION_FEWSHOT)"
             if cfg.source == "internal"
             else "Figure 9 (tbr.prompts.EXTERNAL_REFLECTION_PROMPT)",

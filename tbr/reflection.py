@@ -102,10 +102,3 @@ def split(response: str, fmt: str = "tagged") -> Split:
         if sep and first.lower().startswith(PLAIN_OPENERS):
             return Split(first.strip(), rest.strip(), "plain-heuristic")
     return Split(None, text, "none")
-
-
-_TAG_RE = re.compile(re.escape(OPEN_TAG) + "|" + re.escape(CLOSE_TAG))
-
-
-def strip_tags(text: str) -> str:
-    return _TAG_RE.sub("", text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -153,8 +154,9 @@ def test_gamma_zero_from_safety_source(tmp_path):
 def test_manifest_hashes(tmp_path, refl_dir):
     _build(tmp_path, "m", gamma=1.0, reflections=str(refl_dir))
     m = json.loads((tmp_path / "m" / "manifest.json").read_text())
-    assert str(refl_dir / "reflections.jsonl") in m["data"]
-    assert any(k.endswith("demo_general.jsonl") for k in m["data"])
+    # paths relative to the run dir (or the package, for built-in assets), never absolute
+    assert os.path.relpath(refl_dir / "reflections.jsonl", tmp_path / "m") in m["data"]
+    assert "tbr/assets/demo_general.jsonl" in m["data"]
     assert m["seeds"] == {"seed": 0} and m["counts"]["general"] == 60
     assert sum(m["counts"]["safety_per_category"].values()) == N_SAFETY
 

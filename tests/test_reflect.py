@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from tbr.audit import AUDIT_FLAGS, audit_reflection
 from tbr.config import build as build_config
 from tbr.errors import ConfigError
 from tbr.prompts import EXTERNAL_REFLECTION_PROMPT, INTERNAL_REFLECTION_FEWSHOT, STANDARD_REFUSAL
 from tbr.reflect import (
-    AUDIT_FLAGS,
     INTERNAL_STOP,
     ReflectConfig,
-    audit_reflection,
     external_prompt,
     first_line,
     internal_prompt,

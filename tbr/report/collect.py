@@ -38,7 +38,6 @@ GENERAL_COLUMNS = [
 # variant has. XSTest is the paper's; the demo suites let `make demo` draw the same figures.
 SUITE_PAIRS = [("xstest-safe", "xstest-unsafe"), ("demo-safe", "demo-unsafe"), ("or-bench-hard", None)]
 SOURCE_ORDER = {"base": 0, "none": 1, "internal": 2, "external": 3}
-REFUSALS = ("full_refusal", "partial_refusal")
 
 
 @dataclass
