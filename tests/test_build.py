@@ -12,9 +12,9 @@ from tbr.build import BuildConfig, build, n_reflected, show
 from tbr.categories import CATEGORIES
 from tbr.cli import main
 from tbr.config import build as build_config
+from tbr.data.safety import load_safety
 from tbr.errors import ConfigError, DataError
 from tbr.prompts import STANDARD_REFUSAL
-from tbr.reflect import load_safety
 from tbr.reflection import CLOSE_TAG, OPEN_TAG, join, split
 
 N_SAFETY = 20  # of the 30 built-in demo safety prompts
@@ -123,6 +123,19 @@ def test_plain_reflection_format(tmp_path, refl_dir):
     assert r["completion"] == f"{r['reflection']}\n\n{STANDARD_REFUSAL}"
     manifest = json.loads((tmp_path / "plain" / "manifest.json").read_text())
     assert manifest["reflection_format"] == "plain" and manifest["template"] == "alpaca"
+
+
+def test_prose_reflection_format_is_the_papers_untagged_target(tmp_path, refl_dir):
+    from tbr.reflection import OPEN_TAG, split
+
+    rows = _build(tmp_path, "prose", gamma=1.0, reflections=str(refl_dir), reflection_format="prose")
+    r = next(r for r in rows if r["has_reflection"])
+    # Fig. 9: "<reflection> Therefore, I'm sorry, but I cannot fulfill that request. …", no tag
+    assert r["completion"] == f"{r['reflection']} Therefore, {STANDARD_REFUSAL}"
+    assert OPEN_TAG not in r["completion"]
+    s = split(r["completion"], "prose")  # what the judges see at evaluation
+    assert (s.reflection, s.answer) == (r["reflection"], STANDARD_REFUSAL)
+    assert json.loads((tmp_path / "prose" / "manifest.json").read_text())["reflection_format"] == "prose"
 
 
 @pytest.mark.parametrize("template", ["alpaca", "chat"])
