@@ -115,7 +115,7 @@ def _safety_pool(cfg: BuildConfig) -> tuple[list[dict[str, Any]], list[Path], di
             info["categories"] = {k: cats.get(k) for k in ("method", "keywords_asset", "encoder", "coverage")}
         return usable, [path], info
     from tbr.categories import CATEGORIES
-    from tbr.reflect import load_safety
+    from tbr.data.safety import load_safety
 
     prompts, report, files = load_safety(cfg.safety_source, cfg.data_dir, cfg.categorizer)
     pool = [
@@ -136,7 +136,7 @@ def _safety_pool(cfg: BuildConfig) -> tuple[list[dict[str, Any]], list[Path], di
 def _general(cfg: BuildConfig) -> tuple[list[dict[str, Any]], list[Path]]:
     """General instructions from one source or a comma-separated list (concatenated in the order given)."""
     from tbr.data import data_files, load_instructions
-    from tbr.reflect import BUILTIN_SOURCES
+    from tbr.data.safety import BUILTIN_SOURCES
 
     rows: list[dict[str, Any]] = []
     files: list[Path] = []

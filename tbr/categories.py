@@ -379,7 +379,7 @@ def categorize(
 
 def feasibility(source: str, data_dir: str | None, categorizer: str = "keyword") -> dict[str, int]:
     """Prompts per category in a safety source (what `tbr run --plan` checks sample sizes against)."""
-    from tbr.reflect import load_safety
+    from tbr.data.safety import load_safety
 
     prompts, _, _ = load_safety(source, data_dir, categorizer)
     return dict(Counter(p.category or "uncategorised" for p in prompts))
