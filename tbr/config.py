@@ -332,8 +332,11 @@ def write_manifest(
     models: list[dict[str, Any]] | None = None,
     data_files: list[str | Path] | None = None,
     extra: dict[str, Any] | None = None,
+    filename: str = "manifest.json",
 ) -> Path:
-    """Everything needed to reproduce a stage's output: config, seeds, versions, hashes, commit."""
+    """Everything needed to reproduce a stage's output: config, seeds, versions, hashes, commit.
+
+    Paths in it are relative to `out_dir` (tbr.config.portable), so write it there, under `filename`."""
     cfg = scrub(to_dict(config))
     seeds = {k: v for k, v in cfg.items() if "seed" in k}
     roots = _path_roots(Path(out_dir), cfg.get("data_dir"))
@@ -354,6 +357,6 @@ def write_manifest(
     manifest = portable(manifest, roots)
     manifest["data"] = {portable_path(str(p), roots) if Path(p).is_absolute() else str(p): h
                         for p, h in manifest["data"].items()}  # fmt: skip
-    path = Path(out_dir) / "manifest.json"
+    path = Path(out_dir) / filename
     write_json_atomic(path, manifest)
     return path

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,10 +177,14 @@ def report(
         primary_judge=judge,
         judges=dict(judges or {}),
     )
-    tmp = out_dir / ".report-manifest"
-    write_manifest(tmp, "report", cfg, data_files=read, extra={"figures": [p.name for _, p in figures]})
-    (tmp / "manifest.json").replace(out_dir / "report.manifest.json")
-    shutil.rmtree(tmp, ignore_errors=True)
+    write_manifest(
+        out_dir,
+        "report",
+        cfg,
+        data_files=read,
+        extra={"figures": [p.name for _, p in figures]},
+        filename="report.manifest.json",
+    )
     log.info("wrote %s and %s", out_dir / "report.md", html_path)
     return html_path
 
