@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 
 import pytest
 
@@ -55,7 +56,7 @@ def test_tiny_file_scores_computed_by_hand(tmp_path, capsys):
     assert r["confusion"]["matrix"] == [[1, 1, 0], [0, 1, 0], [1, 0, 0]]
     assert "| keyword | 4 | 0 | 0.500 | 0.500 | 0.200 | 0.000 |" in capsys.readouterr().out
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["stage"] == "judge-agreement" and str(path) in manifest["data"]
+    assert manifest["stage"] == "judge-agreement" and os.path.relpath(path, out) in manifest["data"]
     rows = [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]
     assert [row["verdicts"]["keyword"]["label"] for row in rows] == [
         "full_refusal",
