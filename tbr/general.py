@@ -25,7 +25,7 @@ from typing import Any
 
 from tbr.config import opt, write_manifest
 from tbr.errors import ConfigError, DataError
-from tbr.io import stable_hash, write_json_atomic
+from tbr.io import ensure_dir, stable_hash, write_json_atomic
 from tbr.models import DEFAULT_MODEL
 from tbr.reflection import CLOSE_TAG
 
@@ -191,14 +191,13 @@ def evaluate(cfg: GeneralConfig) -> dict[str, Any]:
     from tbr.models import default_device, resolve
     from tbr.tasks import TASKS_DIR
 
-    out = Path(cfg.out)  # type: ignore[arg-type]
+    out = ensure_dir(cfg.out, "--out")  # type: ignore[arg-type]  # before any model is resolved or loaded
     data_dir = resolve_data_dir(cfg.data_dir)
     names = task_names(cfg.tasks, data_dir)
     files = data_files(cfg.tasks, data_dir)
     ref = resolve(cfg.model)
     device = cfg.device or default_device()
     margs = model_args(cfg, ref)
-    out.mkdir(parents=True, exist_ok=True)
 
     metadata = {"data_dir": str(data_dir)} if data_dir else {}
     # With a data dir only our tbr_* tasks run, so skip indexing lm-eval's thousands of task YAMLs.

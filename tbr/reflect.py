@@ -25,7 +25,7 @@ from tbr.config import opt, write_manifest
 from tbr.data.safety import SafetyPrompt, load_safety
 from tbr.errors import ConfigError
 from tbr.generate import BackendConfig
-from tbr.io import stable_hash, write_json_atomic, write_jsonl_atomic
+from tbr.io import ensure_dir, stable_hash, write_json_atomic, write_jsonl_atomic
 from tbr.models import DEFAULT_MODEL
 from tbr.prompts import (
     EXTERNAL_REFLECTION_PROMPT,
@@ -274,8 +274,7 @@ def reflect(cfg: ReflectConfig) -> Path:
     from tbr.categories import stratified_sample
 
     cfg.validate()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_dir(cfg.out, "--out")
     prompts, data_report, files = load_safety(
         cfg.safety_source, cfg.data_dir, cfg.categorizer, _category_backend(cfg), out / "categories.jsonl"
     )

@@ -48,7 +48,7 @@ def test_bad_messages(tmp_path: Path, capsys: pytest.CaptureFixture, row: dict, 
     assert rc == 2 and "tbr: error:" in err and "in.jsonl:2" in err and says in err
 
 
-@pytest.mark.parametrize("verb", ["generate", "eval"])
+@pytest.mark.parametrize("verb", ["generate", "eval", "reflect", "general"])
 @pytest.mark.parametrize("where", ["proc", "file"])
 def test_out_that_cannot_be_created(
     tmp_path: Path, capsys: pytest.CaptureFixture, verb: str, where: str
@@ -60,7 +60,11 @@ def test_out_that_cannot_be_created(
         inp = tmp_path / "in.jsonl"
         inp.write_text('{"prompt": "hi"}\n')
         argv = ["generate", "--input", str(inp), "--out", str(bad / "o.jsonl")]
-    else:
+    elif verb == "eval":
         argv = ["eval", "--suites", "demo", "--limit", "1", "--out", str(bad)]
+    elif verb == "reflect":
+        argv = ["reflect", "--safety-source", "demo-safety", "--n", "2", "--out", str(bad)]
+    else:
+        argv = ["general", "--tasks", "arc_easy", "--limit", "2", "--out", str(bad)]
     rc, err = _run(argv, capsys)
     assert rc == 2 and "tbr: error:" in err and str(bad) in err and "--out" in err
