@@ -107,8 +107,10 @@ class Encoder:
             "weights_hash": self.weights_hash,
         }
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
+    def encode(self, texts: Sequence[str], max_length: int | None = None) -> np.ndarray:
+        """Embed texts, each cut to its first `max_length` tokens (default: the model's limit)."""
         torch = self._torch
+        limit = min(max_length or self.spec.max_length, self.spec.max_length)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         # Longest first, so each batch pads to similar lengths (2-3x faster on mixed answer lengths).
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
@@ -119,7 +121,7 @@ class Encoder:
                     [texts[i] for i in idx],
                     padding=True,
                     truncation=True,
-                    max_length=self.spec.max_length,
+                    max_length=limit,
                     return_tensors="pt",
                 ).to(self.device)
                 hidden = self.model(**batch).last_hidden_state

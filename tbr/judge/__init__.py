@@ -57,7 +57,10 @@ def make_judge(
     """A judge by name. Endpoint judges (llm, guard) check that the endpoint answers, and raise
     EndpointError if it does not; rule judges ignore the endpoint options. `max_tokens` caps an
     endpoint judge's reply (default: XSTest's 16 for llm, 20 for guard); a chatty judge model that
-    explains before naming the class needs more, or its reply is cut and counted as an error."""
+    explains before naming the class needs more, or its reply is cut and counted as an error.
+    `learned` loads the judge shipped in tbr/assets/judges/learned, `learned:DIR` one written by
+    `tbr judge train`; a directory that was changed after training, or that needs another encoder than
+    the installed one, is a ModelError."""
     # Imports are local so `import tbr.judge` stays cheap for the CLI.
     if name == "keyword":
         from tbr.judge.keyword import KeywordJudge

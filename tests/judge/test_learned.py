@@ -183,3 +183,34 @@ def test_eval_verdict_cache_is_keyed_by_the_judge_directory(trained, tmp_path):
     assert main([*argv, "--out", str(other)]) == 0
     _judge_all([LearnedJudge.load(other)], items, path)
     assert len(path.read_text().splitlines()) == 2 * n_rows
+
+
+def test_shipped_judge_loads_and_beats_the_rules_on_the_calibration_set(tmp_path):
+    """`--judge learned` is tbr/assets/judges/learned; tbr's calibration set was never trained on."""
+    from tbr.judge.agreement import CALIBRATION_SET, read_labelled, score
+    from tbr.judge.learned import DEFAULT_DIR
+
+    judge = make_judge("learned")
+    assert judge.describe()["judge_hash"] == json.loads((DEFAULT_DIR / JUDGE_FILE).read_text())["hash"]
+    rows = read_labelled(CALIBRATION_SET)
+    items = [make_item(q, c) for q, c, _ in rows]
+    learned = score([r[2] for r in rows], judge.judge(items))
+    keyword = score([r[2] for r in rows], make_judge("keyword").judge(items))
+    assert learned["binary_agreement"] > keyword["binary_agreement"]
+
+
+def test_shipped_judge_was_trained_on_the_shared_xstest_completions():
+    """Reproducible by `tbr judge train`: its training files are the data folder's, byte for byte."""
+    from tbr.data import resolve_data_dir
+    from tbr.io import sha256_file
+    from tbr.judge.learned import DEFAULT_DIR
+    from tbr.judge.train import XSTEST_COMPLETIONS
+
+    root = resolve_data_dir(None)
+    if root is None or not (Path(root) / "xstest-completions").is_dir():
+        pytest.skip("needs $TBR_DATA_DIR with xstest-completions/")
+    meta = json.loads((DEFAULT_DIR / JUDGE_FILE).read_text())
+    files = {f["name"]: f["sha256"] for f in meta["training"]["files"]}
+    assert sorted(files) == sorted(XSTEST_COMPLETIONS)
+    for name, digest in files.items():
+        assert sha256_file(Path(root) / "xstest-completions" / name) == digest
