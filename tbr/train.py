@@ -61,7 +61,7 @@ class TrainConfig:
     grad_accum: int = opt(1, "gradient accumulation steps")
     max_length: int = opt(1024, "maximum tokens per sample (prompt + completion + EOS); longer ones are cut")
     packing: bool = opt(
-        False, "pack samples into max_length rows (TRL bfd, padding-free; needs flash attention)"
+        False, "pack samples into max_length rows (TRL bfd, padding-free); isolation is checked first"
     )
     group_by_length: bool = opt(True, "batch samples of similar length together (less padding, same loss)")
     val_fraction: float = opt(0.05, "held-out validation fraction; the best checkpoint by eval loss is kept")
@@ -75,7 +75,19 @@ class TrainConfig:
     logging_steps: int = opt(5, "log the training loss every N steps")
     eval_steps: int = opt(0, "evaluate and checkpoint every N steps (0: once per epoch)")
     save_total_limit: int = opt(2, "checkpoints to keep (the best one is always kept)")
-    threads: int = opt(0, "torch CPU threads per process (0: torch's default; 1 is faster on a busy machine)")
+    threads: int = opt(
+        0,
+        "torch CPU threads per process (0: all physical cores, for a machine of your own; 1 when it is shared)",
+    )
+    loss: str = opt(
+        "completion",
+        "completion: LM head only on labelled tokens, in CPU-sized vocabulary tiles; "
+        "trl: TRL's fused head on every position with its entropy/accuracy metrics (the earlier path)",
+        choices=("completion", "trl"),
+    )
+    token_metrics: bool = opt(
+        False, "also log TRL's per-token entropy and accuracy (costs a little per step)"
+    )
 
     def validate(self) -> None:
         if self.method not in ("full", "lora"):
@@ -246,6 +258,7 @@ def build_trainer(cfg: TrainConfig, train_rows: list, val_rows: list, bf16: bool
     from transformers.trainer_callback import PrinterCallback
     from trl import SFTTrainer
 
+    from tbr.loss import completion_trainer_class, packing_leak
     from tbr.models import load_tokenizer, resolve
 
     ref = resolve(cfg.model)
@@ -270,21 +283,30 @@ def build_trainer(cfg: TrainConfig, train_rows: list, val_rows: list, bf16: bool
             target_modules=targets,
             task_type="CAUSAL_LM",
         )
-    attn = model.config._attn_implementation
-    if cfg.packing and not str(attn).startswith("flash"):
-        # Measured (transformers 5.23, sdpa on CPU): with position_ids alone, packed sequences attend to each
-        # other, so the loss would train on cross-sample context. TRL's padding-free path relies on flash-attn.
-        raise ConfigError(f"--packing needs flash attention (this model uses {attn}); drop --packing")
+    if cfg.packing:
+        # Packed rows must not attend to each other; measured on this model, not assumed (tbr/loss.py).
+        leak = packing_leak(model)
+        if leak > 1e-3:
+            raise ConfigError(
+                f"--packing: packed rows attend to each other with this model's attention "
+                f"({model.config._attn_implementation}; logits differ by up to {leak:.3g}); drop --packing"
+            )
     cols = ["prompt", "completion"]
     train_ds = Dataset.from_list([{k: r[k] for k in cols} for r in train_rows])
     val_ds = Dataset.from_list([{k: r[k] for k in cols} for r in val_rows]) if val_rows else None
-    trainer = SFTTrainer(
+    kwargs: dict[str, Any] = {}
+    trainer_cls = SFTTrainer
+    if cfg.loss == "completion":
+        trainer_cls = completion_trainer_class()
+        kwargs["tbr_token_metrics"] = cfg.token_metrics
+    trainer = trainer_cls(
         model=model,
         args=_sft_config(cfg, ckpt_dir, bool(val_rows), bf16),
         train_dataset=train_ds,
         eval_dataset=val_ds,
         processing_class=tok,
         peft_config=peft_config,
+        **kwargs,
     )
     # Trainer's PrinterCallback print()s raw dicts; a redirected stdout holds them in its buffer for
     # many minutes on CPU, so a long run looked stuck. Log a flushed progress line instead.
@@ -579,6 +601,8 @@ def train(cfg: TrainConfig) -> Path:
                 "master_weights": "float32",
                 "torch_threads": torch.get_num_threads(),
             },
+            # which loss actually ran: `completion` falls back to TRL's for models it does not cover
+            "loss_path": "completion-head" if getattr(trainer, "tbr_completion_head", False) else "trl",
             "world_size": trainer.args.world_size,
             "trl_args": {
                 k: getattr(trainer.args, k)
