@@ -21,6 +21,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -82,6 +83,7 @@ class LlamaServer:
         self.startup_timeout = startup_timeout
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.proc: subprocess.Popen[bytes] | None = None
+        self._hard_kill: Callable[[], None] | None = None
         self._log: IO[bytes] | None = None
 
     def command(self) -> list[str]:
@@ -147,7 +149,10 @@ class LlamaServer:
             start_new_session=True,  # its own process group, so stop() can end it and its children
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        interrupt.on_hard_exit(self.stop)  # a forced exit (tbr.interrupt) must not orphan the server
+        # A forced exit (tbr.interrupt) skips `with` blocks, and may cut a stop() short: kill the group.
+        pid = self.proc.pid
+        self._hard_kill = lambda: os.killpg(pid, signal.SIGKILL)
+        interrupt.on_hard_exit(self._hard_kill)
 
     def _wait_ready(self) -> None:
         # Ready = *our* process says it is listening and the port answers. The answer alone is not
@@ -189,7 +194,6 @@ class LlamaServer:
     def stop(self, timeout: float = 10.0) -> None:
         """Terminate the server (SIGTERM, then SIGKILL); safe to call twice."""
         proc, self.proc = self.proc, None
-        interrupt.forget(self.stop)
         if proc is not None and proc.poll() is None:
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
@@ -203,6 +207,9 @@ class LlamaServer:
             self._log.close()
             Path(self._log.name).unlink(missing_ok=True)
             self._log = None
+        if self._hard_kill is not None:
+            interrupt.forget(self._hard_kill)  # the server is gone; nothing left to kill
+            self._hard_kill = None
 
     def __enter__(self) -> LlamaServer:
         return self.start()
