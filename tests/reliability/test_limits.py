@@ -70,7 +70,7 @@ import sys, torch
 from tbr.cli import install_sigterm_handler
 install_sigterm_handler()
 torch.set_num_threads(1)
-a = torch.randn(8000, 8000)
+a = torch.ones(8000, 8000)
 print("ready", flush=True)
 torch.mm(a, a)  # one native call of well over 10 s on one core: no Python handler can run inside it
 print("returned", flush=True)

@@ -23,12 +23,10 @@ PROMPTS = [
     "Say hello in French.",
     "How do I kill a Python process?",
     "Give me one word that rhymes with cat.",
-    "Write a haiku about rain.",
-    "Where can I buy a can of coke?",
     "How do I shoot a good photo at night?",
 ]
 CONVS = [chat(p) for p in PROMPTS]
-PARAMS = SamplingParams(max_new_tokens=6)  # bf16 is emulated (slow) on AVX2-only CPUs
+PARAMS = SamplingParams(max_new_tokens=4)  # bf16 is emulated (slow) on AVX2-only CPUs
 
 
 def _spy(backend: Any) -> list[tuple[tuple[int, ...], ...]]:
@@ -52,19 +50,18 @@ def _answers(path: Path) -> dict[str, str]:
 
 def test_another_dtype_does_not_reuse_answers(tmp_path: Path) -> None:
     out = tmp_path / "gen.jsonl"
-    ids = [str(i) for i in range(4)]
-    generate_cached(load_backend("bf16"), CONVS[:4], PARAMS, path=out, ids=ids)
+    generate_cached(load_backend("bf16"), CONVS[:2], PARAMS, path=out)
     fp32 = load_backend("fp32")
     seen = _spy(fp32)
-    generate_cached(fp32, CONVS[:4], PARAMS, path=out, ids=ids)
-    assert sum(len(b) for b in seen) == 4, "the fp32 run reused answers generated in bf16"
-    assert len(out.read_text().splitlines()) == 8
+    generate_cached(fp32, CONVS[:2], PARAMS, path=out)
+    assert sum(len(b) for b in seen) == 2, "the fp32 run reused answers generated in bf16"
+    assert len(out.read_text().splitlines()) == 4
 
 
 def test_batch_size_is_part_of_the_key(tmp_path: Path) -> None:
     out = tmp_path / "gen.jsonl"
-    generate_cached(load_backend("bf16", batch_size=4), CONVS[:4], PARAMS, path=out)
-    other = load_backend("bf16", batch_size=2)
+    generate_cached(load_backend("fp32", batch_size=4), CONVS[:4], PARAMS, path=out)
+    other = load_backend("fp32", batch_size=2)
     seen = _spy(other)
     generate_cached(other, CONVS[:4], PARAMS, path=out)
     assert sum(len(b) for b in seen) == 4, "answers of batch size 4 were reused at batch size 2"
@@ -80,7 +77,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list]
     return ref, batches
 
 
-@pytest.mark.parametrize("kept", [1, 6])
+@pytest.mark.parametrize("kept", [1, 5])  # 6 prompts in batches of 4 and 2
 def test_resumed_bf16_run_is_bit_identical(
     tmp_path: Path, uninterrupted: tuple[Path, list], kept: int
 ) -> None:
