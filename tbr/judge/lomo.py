@@ -61,12 +61,16 @@ def run_lomo(cfg: Any) -> int:
         if is_learned(judge.name):
             # The directory supplies the recipe; its own weights are never used here.
             cs = judge.meta["classifier"]["C_grid"]
-            held[judge.name] = lomo_verdicts(groups, judge.encoder, judge.features, cs, name=judge.name)
+            weight = judge.meta["classifier"].get("class_weight", "none")
+            held[judge.name] = lomo_verdicts(
+                groups, judge.encoder, judge.features, cs, name=judge.name, class_weight=weight
+            )
             recipes[judge.name] = {
                 "refitted_per_fold": True,
                 "features": list(judge.features),
                 "encoder": judge.meta["encoder"],
                 "C_grid": cs,
+                "class_weight": weight,
             }
         else:
             held[judge.name] = {g.name: judge.judge(g.items) for g in groups}

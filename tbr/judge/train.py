@@ -64,6 +64,12 @@ class TrainJudgeConfig:
     reflection_format: str = opt(
         "tagged", "how to split a safety reflection off before judging", choices=REFLECTION_FORMATS
     )
+    class_weight: str = opt(
+        "none",
+        "none: probabilities follow the training base rates; balanced: each class weighs the same "
+        "(docs/results.md: better worst-model agreement, calibration not checked)",
+        choices=["none", "balanced"],
+    )
 
     def validate(self) -> None:
         if not self.out:
@@ -141,7 +147,7 @@ def _log_loss_scorer() -> Any:
 
 
 def fit_head(
-    x: np.ndarray, y: np.ndarray, groups: Sequence[str], cs: Sequence[float]
+    x: np.ndarray, y: np.ndarray, groups: Sequence[str], cs: Sequence[float], class_weight: str = "none"
 ) -> tuple[Head, dict[str, Any]]:
     """Multinomial logistic regression; C by leave-one-group-out (or stratified k-fold) log loss."""
     from sklearn.linear_model import LogisticRegression
@@ -157,7 +163,7 @@ def fit_head(
         k = int(max(2, min(5, np.bincount(y).min())))
         cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=0)
         how = f"{k}-fold stratified"
-    base = LogisticRegression(max_iter=5000)
+    base = LogisticRegression(max_iter=5000, class_weight=None if class_weight == "none" else class_weight)
     search = GridSearchCV(base, {"C": list(cs)}, cv=cv, scoring=_log_loss_scorer(), refit=True)
     search.fit(x, y)
     best = search.best_estimator_
@@ -167,6 +173,7 @@ def fit_head(
         "type": "sklearn LogisticRegression (multinomial, lbfgs)",
         "C": float(search.best_params_["C"]),
         "C_grid": [float(c) for c in cs],
+        "class_weight": class_weight,
         "selection": f"{how} log loss",
         "cv_log_loss": round(float(-search.best_score_), 4),
     }
@@ -180,6 +187,7 @@ def lomo_verdicts(
     cs: Sequence[float],
     name: str = "learned",
     x_all: np.ndarray | None = None,
+    class_weight: str = "none",
 ) -> dict[str, list[Verdict]]:
     """Leave-one-model-out: each group judged by a judge fitted on the other groups only."""
     if len(groups) < 2:
@@ -191,7 +199,7 @@ def lomo_verdicts(
     out = {}
     for g in groups:
         train = gid != g.name
-        head, info = fit_head(x[train], y[train], list(gid[train]), cs)
+        head, info = fit_head(x[train], y[train], list(gid[train]), cs, class_weight)
         test = ~train
         test_items = [it for it, t in zip(items, test, strict=True) if t]
         out[g.name] = verdicts(name, test_items, head.proba(x[test]))
@@ -211,10 +219,10 @@ def train(cfg: TrainJudgeConfig) -> Path:
     x = featurize(items, encoder, cfg.features)
     y = np.array([LABELS.index(lab) for g in groups for lab in g.labels])
     gid = [g.name for g in groups for _ in g.items]
-    head, info = fit_head(x, y, gid, cfg.c)
+    head, info = fit_head(x, y, gid, cfg.c, cfg.class_weight)
     metrics: dict[str, Any] = {}
     if len(groups) >= 2:
-        held_out = lomo_verdicts(groups, encoder, cfg.features, cfg.c, x_all=x)
+        held_out = lomo_verdicts(groups, encoder, cfg.features, cfg.c, x_all=x, class_weight=cfg.class_weight)
         metrics["leave_one_model_out"] = {g.name: _summary(score(g.labels, held_out[g.name])) for g in groups}
     fitted = decide(head.proba(x))
     metrics["fitted_rows"] = {  # on the rows it was fitted on: a sanity check, not an estimate

@@ -180,9 +180,13 @@ def test_eval_verdict_cache_is_keyed_by_the_judge_directory(trained, tmp_path):
     # Retrained on one file only: another judge under the same name, so nothing is reused.
     other = tmp_path / "judge-a"
     argv = ["judge", "train", "--completions", str(trained["files"][0]), "--features", "answer"]
-    assert main([*argv, "--out", str(other)]) == 0
+    assert main([*argv, "--class-weight", "balanced", "--out", str(other)]) == 0
     _judge_all([LearnedJudge.load(other)], items, path)
     assert len(path.read_text().splitlines()) == 2 * n_rows
+    classifier = json.loads((other / JUDGE_FILE).read_text())["classifier"]
+    assert classifier["class_weight"] == "balanced" and classifier["selection"].endswith(
+        "stratified log loss"
+    )
 
 
 def test_shipped_judge_loads_and_beats_the_rules_on_the_calibration_set(tmp_path):
