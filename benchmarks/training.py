@@ -78,6 +78,10 @@ CONFIGS: dict[str, tuple[str, dict]] = {
         "tbr-now with gradient checkpointing (less memory, one more forward per step)",
         {"tbr": {"method": "full", "gradient_checkpointing": True, **SAME_OPT}},
     ),  # fmt: skip
+    "tbr-now-compile": (
+        "tbr-now with torch.compile (inductor); compile time falls in the first steps",
+        {"tbr": {"method": "full", "compile": True, **SAME_OPT}},
+    ),  # fmt: skip
     "tbr-now-lora": (
         "tbr-now with tbr's default LoRA (r16, all linear layers, lr 2e-4)",
         {"tbr": {"method": "lora", **SAME_OPT}},

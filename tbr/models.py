@@ -240,6 +240,9 @@ def _resolve_dir(name: str, p: Path) -> ModelRef:
         base_name = sidecar.get("base") or cfg.get("base_model_name_or_path")
         if not base_name:
             raise ModelError(f"{p}/adapter_config.json names no base model (base_model_name_or_path)")
+        # `tbr train` writes a local base as a path relative to the adapter, so a moved run still loads
+        if sidecar.get("base_is_relative") and (p / base_name).is_dir():
+            base_name = str((p / base_name).resolve())
         base = resolve(base_name)
         adapter_files = sorted(x for x in p.iterdir() if x.name.startswith("adapter_model"))
         if not adapter_files:

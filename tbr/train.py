@@ -24,7 +24,9 @@ import copy
 import csv
 import json
 import logging
+import os
 import random
+import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,7 @@ from typing import Any
 from tbr.config import opt, write_manifest
 from tbr.errors import ConfigError, DataError, ModelError, TbrError
 from tbr.io import read_jsonl
-from tbr.models import DEFAULT_MODEL, SIDECAR
+from tbr.models import DEFAULT_MODEL, SIDECAR, eos_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,7 @@ class TrainConfig:
         "trl: TRL's fused head on every position with its entropy/accuracy metrics (the earlier path)",
         choices=("completion", "trl"),
     )
+    compile: bool = opt(False, "torch.compile the model for training (inductor; compiles on the first steps)")
     token_metrics: bool = opt(
         False, "also log TRL's per-token entropy and accuracy (costs a little per step)"
     )
@@ -231,6 +234,7 @@ def _sft_config(cfg: TrainConfig, ckpt_dir: Path, has_val: bool, bf16: bool) -> 
         activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         bf16=bf16,
         fp16=False,
+        torch_compile=cfg.compile,
         use_cpu=not torch.cuda.is_available(),
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -515,15 +519,15 @@ def save_final(trainer: Any, cfg: TrainConfig, info: dict[str, Any], out: Path) 
     tok.save_pretrained(str(out))
     # Generation must stop where training taught it to: the tokenizer's EOS ends every target.
     gen = copy.deepcopy(model.generation_config)
-    eos = gen.eos_token_id
-    eos = [eos] if isinstance(eos, int) else list(eos or [])
-    gen.eos_token_id = sorted(set(eos) | {tok.eos_token_id})
+    gen.eos_token_id = eos_token_ids(gen.eos_token_id, tok.eos_token_id)
     gen.pad_token_id = tok.pad_token_id
     gen.save_pretrained(str(out))
-    base = cfg.model
+    base, where = cfg.model, {}
     if Path(base).expanduser().is_dir():
-        base = str(Path(base).expanduser().resolve())
-    (out / SIDECAR).write_text(json.dumps({"base": base, **info}, indent=2) + "\n")
+        # relative to the checkpoint, not an absolute machine path (tbr.models resolves it back)
+        base = os.path.relpath(Path(base).expanduser().resolve(), out.resolve())
+        where = {"base_is_relative": True}
+    (out / SIDECAR).write_text(json.dumps({"base": base, **where, **info}, indent=2) + "\n")
 
 
 def _clear_final(out: Path) -> None:
@@ -542,7 +546,7 @@ def train(cfg: TrainConfig) -> Path:
     datasets.disable_progress_bars()  # one bar per map() call drowns the training log
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     rows, info, path = load_rows(cfg.data)
     train_rows, val_rows = split_rows(rows, cfg.val_fraction, cfg.seed)
     out = Path(cfg.out).expanduser()
@@ -625,6 +629,9 @@ def train(cfg: TrainConfig) -> Path:
                 )
             },  # fmt: skip
             "wall_time_s": round(time.time() - t0, 1),
+            "cpu_time_s": round(time.process_time() - cpu0, 1),
+            # the process's high-water mark so far (Linux reports KiB): what limits parallel trainings
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         },
     )
     log.info("saved %s (%d steps, final train loss %s)", out, state.global_step, losses["final_train_loss"])
