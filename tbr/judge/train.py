@@ -67,7 +67,7 @@ class TrainJudgeConfig:
     class_weight: str = opt(
         "none",
         "none: probabilities follow the training base rates; balanced: each class weighs the same "
-        "(docs/results.md: better worst-model agreement, calibration not checked)",
+        "(docs/results.md: better binary agreement on the worst model, far worse in three classes)",
         choices=["none", "balanced"],
     )
 
