@@ -44,10 +44,14 @@ FLAGS = [
 ]
 
 
-@pytest.fixture(autouse=True)
 def _chromium() -> None:
     if CHROMIUM is None:  # CI (TBR_REQUIRE_ALL=1) fails here instead of skipping
         require("chromium is not installed (Debian: apt-get install -y chromium; or make setup-browser)")
+
+
+@pytest.fixture(autouse=True)
+def _chromium_present() -> None:
+    _chromium()
 
 
 class Chromium:
@@ -145,6 +149,7 @@ class Chromium:
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """One Chromium for the module (start-up is the slow part); each page gets its own tab."""
+    _chromium()  # a module-scoped fixture is set up before the function-scoped autouse check
     b = Chromium(tmp_path_factory.mktemp("chromium-profile"))
     yield b
     b.close()
