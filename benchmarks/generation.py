@@ -23,6 +23,7 @@ import gc
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -101,7 +102,9 @@ def run_tbr(model, tok, ref, convs, max_new, bs):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--data-dir", default=os.environ.get("TBR_DATA_DIR", "/work/shared/data"))
+    # the shared data folder beside the checkout, as the Makefile uses it, unless TBR_DATA_DIR says otherwise
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data"
+    ap.add_argument("--data-dir", default=os.environ.get("TBR_DATA_DIR", str(shared)))
     ap.add_argument("--n", type=int, default=64, help="XSTest prompts")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--naive-n", type=int, default=8, help="prompts for the slow one-at-a-time loop")
@@ -116,7 +119,7 @@ def main() -> None:
     if a.quick:
         a.n, a.max_new_tokens, a.naive_n, a.bf16_n = 8, 16, 2, 8
         if a.out == ap.get_default("out"):  # a smoke run never replaces the committed results
-            a.out = "/tmp/tbr-generation-quick.json"
+            a.out = str(Path(tempfile.gettempdir()) / "tbr-generation-quick.json")
     torch.set_num_threads(a.threads)
     prompts = xstest_prompts(a.data_dir, a.n)
     convs = [chat(p + a.suffix) for p in prompts]
