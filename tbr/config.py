@@ -265,7 +265,7 @@ def scrub(obj: Any) -> Any:
 _URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 
 
-def _path_roots(out_dir: Path, data_dir: str | None) -> list[tuple[Path, str]]:
+def path_roots(out_dir: Path, data_dir: str | None) -> list[tuple[Path, str]]:
     """Folders whose paths a manifest writes relative to a name a reader has too: longest first."""
     roots = [(out_dir, "")]
     data = data_dir or os.environ.get("TBR_DATA_DIR")
@@ -339,7 +339,7 @@ def write_manifest(
     Paths in it are relative to `out_dir` (tbr.config.portable), so write it there, under `filename`."""
     cfg = scrub(to_dict(config))
     seeds = {k: v for k, v in cfg.items() if "seed" in k}
-    roots = _path_roots(Path(out_dir), cfg.get("data_dir"))
+    roots = path_roots(Path(out_dir), cfg.get("data_dir"))
     manifest = {
         "stage": stage,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),

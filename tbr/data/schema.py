@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from tbr.config import path_roots, portable_path
 from tbr.errors import DataError
 
 LABELS = ("safe", "unsafe")
@@ -85,7 +87,7 @@ class LoadReport:
 
     def summary(self) -> str:
         """One line for the log, e.g. `xstest-safe: read 450 rows from …, kept 250, skipped 200 (label unsafe, not in xstest-safe: 200)`."""
-        line = f"{self.name}: read {self.read} rows from {self.origin}, kept {self.kept}"
+        line = f"{self.name}: read {self.read} rows from {_shown(self.origin)}, kept {self.kept}"
         if self.skipped:
             reasons = "; ".join(f"{reason}: {n}" for reason, n in self.skipped.items())
             line += f", skipped {self.n_skipped} ({reasons})"
@@ -93,3 +95,11 @@ class LoadReport:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _shown(origin: str) -> str:
+    """A file origin as a log line may show it: `$TBR_DATA_DIR/…` or relative to the working dir, never
+    one machine's absolute folders (the same rule as manifests)."""
+    if not origin.startswith("/"):
+        return origin  # hf:<id>, or already relative
+    return portable_path(origin, path_roots(Path.cwd(), None))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from tbr.data import (
     load_prompts_with_report,
     resolve_data_dir,
 )
+from tbr.data.schema import LoadReport
 from tbr.errors import ConfigError, DataError
 
 from .conftest import FIXTURES, FakeHub
@@ -93,10 +95,19 @@ def test_limit_keeps_the_first_rows_and_reports_the_rest() -> None:
 def test_each_load_logs_one_summary_line(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="tbr.data"):
         load_instructions("hh-rlhf", FIXTURES)
+    # The file is named relative to the working dir (or as $TBR_DATA_DIR/…), never by absolute path.
+    shown = os.path.relpath(FIXTURES / "hh-rlhf/harmless-base-test.jsonl")
     assert [r.getMessage() for r in caplog.records] == [
-        f"hh-rlhf: read 4 rows from {FIXTURES / 'hh-rlhf/harmless-base-test.jsonl'}, kept 3, "
-        "skipped 1 (duplicate first Human turn: 1)"
+        f"hh-rlhf: read 4 rows from {shown}, kept 3, skipped 1 (duplicate first Human turn: 1)"
     ]
+
+
+def test_summary_names_shared_files_by_the_data_dir_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("TBR_DATA_DIR", str(tmp_path))
+    report = LoadReport("xstest", read=1, kept=1, origin=str(tmp_path / "xstest/xstest_prompts.csv"))
+    assert report.summary() == "xstest: read 1 rows from $TBR_DATA_DIR/xstest/xstest_prompts.csv, kept 1"
 
 
 def test_data_files_lists_what_each_name_reads(shared_data: Path) -> None:
