@@ -118,7 +118,7 @@ def report(
 ) -> Path:
     """Write report.md, report.html and the figures into `out`; return the report.html path."""
     from tbr.config import write_manifest
-    from tbr.report import html, markdown, plots, tables
+    from tbr.report import html, markdown, plots, tables, verdicts
     from tbr.report.collect import collect, suite_pair
 
     experiment, variants = collect(run_dirs)
@@ -150,6 +150,8 @@ def report(
             tables.per_type(variants, type_suites, judge),
             tables.other_suites(variants, judge),
             tables.judge_errors(variants),
+            verdicts.judge_disagreements(variants),
+            verdicts.reflection_gate(variants, judge),
             tables.general_details(variants),
         )
         if t is not None
