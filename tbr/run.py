@@ -712,6 +712,7 @@ def write_report(exp: Experiment, root: Path, session: dict[str, Any] | None = N
         if s.kind == "eval" and s.dirname in seconds:
             gen = next((g for g in stages if g.kind == "general" and g.variant == s.variant), None)
             train = s.deps[0] if s.deps else None
+            safety_n = _built_safety_n(root / train.deps[0].dirname) if train else None
             variants.append(
                 {
                     **(s.variant or {}),
@@ -719,6 +720,7 @@ def write_report(exp: Experiment, root: Path, session: dict[str, Any] | None = N
                     "eval_dir": s.dirname,
                     "general_dir": gen.dirname if gen and gen.dirname in seconds else None,
                     "train_dir": train.dirname if train else None,
+                    **({"safety_n": safety_n} if safety_n is not None else {}),
                 }
             )
     if not variants:
@@ -740,6 +742,15 @@ def write_report(exp: Experiment, root: Path, session: dict[str, Any] | None = N
     from tbr.report import report
 
     return report([str(root)], str(root), **exp.report)
+
+
+def _built_safety_n(build_dir: Path) -> int | None:
+    """How many safety samples a finished build holds (the trade-off figure's axis)."""
+    try:
+        n = json.loads((build_dir / "manifest.json").read_text())["counts"]["safety"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return n if isinstance(n, int) else None
 
 
 def load_experiment(path: str | Path) -> Experiment:

@@ -147,6 +147,8 @@ def report(
     all_tables += [
         t
         for t in (
+            tables.differences(variants, judge, judges),
+            tables.per_seed(variants, judge, judges),
             tables.per_type(variants, type_suites, judge),
             tables.other_suites(variants, judge),
             tables.judge_errors(variants),
