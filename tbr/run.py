@@ -281,7 +281,7 @@ def plan(exp: Experiment) -> list[Stage]:
                     bvalues[key] = exp.reflect[key]
             label = f"wo-n{n}{tag}"
             t = arm(label, bvalues, None, seed)
-            measure(label, variant_of(f"w/o n={n}", seed, source="none", gamma=0.0, safety_n=n), t,
+            measure(label, variant_of(f"w/o n={n}", seed, source="none", gamma=0.0, safety_n=n, sweep="safety_n"), t,
                     default_format, seed, False)  # fmt: skip
     return stages
 

@@ -132,10 +132,12 @@ def report(
     for caption, name, draw in [
         (f"Compliance on {safe} per variant (Figure 3 style)", "fig_safe_bars.png",
          lambda p: plots.bars(variants, safe, p, judge) if safe else None),
-        ("Compliance and MMLU vs γ (Figure 4 style)", "fig_gamma.png",
+        ("Compliance and MMLU vs γ (Figure 4 style; the paper's curves in the last panel)", "fig_gamma.png",
          lambda p: plots.gamma_curves(variants, safe, unsafe, p, judge)),
         (f"{safe} vs {unsafe} compliance, one point per variant", "fig_safe_unsafe.png",
          lambda p: plots.scatter(variants, safe, unsafe, p, judge)),
+        ("Trade-off: w/o at several safety-data sizes against TBR", "fig_tradeoff.png",
+         lambda p: plots.tradeoff(variants, p, judge)),
     ]:  # fmt: skip
         path = out_dir / name
         path.unlink(missing_ok=True)  # a figure that no longer applies must not linger from a rerun

@@ -69,6 +69,7 @@ class Variant:
     seed: int | None = None
     safety_n: int | None = None  # safety samples the model was trained on (the trade-off curve's axis)
     reflection_format: str | None = None
+    sweep: str | None = None  # "safety_n": a w/o arm of the trade-off curve, not the γ=0 of the γ curves
 
     def __post_init__(self) -> None:
         self.arm = self.arm or self.name
@@ -134,6 +135,10 @@ def _num(x: Any) -> float | None:
     if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
         return None
     return float(x)
+
+
+def _str(x: Any) -> str | None:
+    return x if isinstance(x, str) and x else None
 
 
 def _int(x: Any) -> int | None:
@@ -263,9 +268,8 @@ def _from_runs(run_dir: Path) -> tuple[str | None, list[Variant]]:
                 arm=str(v.get("arm") or ""),
                 seed=_int(v.get("seed")),
                 safety_n=_int(v.get("safety_n")),
-                reflection_format=v.get("reflection_format")
-                if isinstance(v.get("reflection_format"), str)
-                else None,
+                reflection_format=_str(v.get("reflection_format")),
+                sweep=_str(v.get("sweep")),
             )
         )
     exp = data.get("experiment")
