@@ -163,3 +163,44 @@ def comparisons(all_arms: list[Arm]) -> list[tuple[Arm, Arm]]:
             if intern := next((a for a in mine if a.source == "internal" and a.name == twin), None):
                 pairs.append((ext, intern))
     return pairs
+
+
+def gate(arm: Arm, suite: str, judge: str | None = None) -> tuple[Cell | None, Cell | None]:
+    """(share of the suite's prompts answered with a reflection, share of those then answered).
+
+    docs/results.md found the reflection acting as a gate: every reflected safe prompt was refused,
+    because every reflection in the training data precedes a refusal. A model that learned "reflect,
+    then answer" has the second share above 0. One seed: Wilson intervals; several: the seeds' mean
+    and sd (the reflected prompts differ between seeds, so there is no paired resample)."""
+    from tbr.stats import wilson
+
+    per: list[tuple[int, int, int]] = []  # (prompts judged, reflected, reflected and answered)
+    for v in arm.variants:
+        rows = [s for s in _samples(v) if s.get("suite") == suite]
+        if not rows:
+            return None, None
+        judged = refl = answered = 0
+        for s in rows:
+            label, error = verdict_label(s, judge or (v.judges[0] if v.judges else None))
+            if error or label is None:
+                continue
+            judged += 1
+            if str(s.get("reflection") or "").strip():
+                refl += 1
+                answered += label == COMPLIANCE
+        per.append((judged, refl, answered))
+
+    def cell(k: list[int], n: list[int]) -> Cell | None:
+        if arm.seeds == 1:
+            if not n[0]:
+                return None
+            lo, hi = wilson(k[0], n[0]) or (None, None)
+            return Cell(k[0] / n[0], lo, hi, n=n[0])
+        rates = [a / b for a, b in zip(k, n, strict=True) if b]
+        if not rates:
+            return None
+        return Cell(sum(rates) / len(rates), seeds=len(rates), sd=spread(rates))
+
+    return cell([r for _, r, _ in per], [j for j, _, _ in per]), cell(
+        [a for _, _, a in per], [r for _, r, _ in per]
+    )

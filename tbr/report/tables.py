@@ -240,3 +240,29 @@ def general_details(variants: list[Variant]) -> Table | None:
         rows.append([v.name] + [v.metric(t, k) for t, k in cols])
     header = ["variant"] + [f"{t} {k}" for t, k in cols]
     return Table("General benchmarks: all metrics (95% intervals)", header, rows)
+
+
+def gate(variants: list[Variant], judge: str | None = None) -> Table | None:
+    """Does a reflection still lead to an answer? Per arm and safe suite: how often the model reflected,
+    and how often a reflected prompt was then answered (the "gate" of docs/choices.md §10)."""
+    rows: list[list[Value]] = []
+    suites = dict.fromkeys(s for v in variants for s in v.suites())
+    unsafe_name = ("-unsafe", "-toxic", "malicious-instruct")
+    safe = [s for s in suites if _label(variants, s, s + ("↓" if s.endswith(unsafe_name) else "")) == "safe"]
+    for a in A.arms(variants):
+        if a.source not in ("internal", "external") or not a.gamma:
+            continue
+        cells: list[Value] = []
+        for suite in safe:
+            cells += list(A.gate(a, suite, judge))
+        if any(c is not None for c in cells):
+            rows.append([a.group, a.name] + cells)
+    if not rows:
+        return None
+    header = ["model", "setting"] + [h for s in safe for h in (f"{s} reflected", f"{s} answered | reflected")]
+    note = (
+        "reflected: share of the suite's judged prompts whose response opened with a reflection; answered | "
+        "reflected: share of those the model then answered (0 = the reflection acts as a refusal gate). "
+        "95% Wilson intervals for one seed; the seeds' mean and sd for several."
+    )
+    return Table("Reflection gate on the safe suites", header, rows, note)

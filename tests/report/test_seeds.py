@@ -19,7 +19,9 @@ from tbr.stats import seed_rates
 SUITES = {"xstest-safe": ("safe", 40), "xstest-unsafe": ("unsafe", 20), "or-bench-hard": ("safe", 30)}
 
 
-def _eval_dir(d: Path, probs: dict[str, float], rng: random.Random, error_every: int = 0) -> None:
+def _eval_dir(
+    d: Path, probs: dict[str, float], rng: random.Random, error_every: int = 0, reflect: float = 0.0
+) -> None:
     """An eval stage's output: one verdict per prompt (answered with probability probs[suite]), and
     results.json counted from those verdicts exactly as `tbr eval` does (errors left out of the rate)."""
     d.mkdir(parents=True)
@@ -36,8 +38,14 @@ def _eval_dir(d: Path, probs: dict[str, float], rng: random.Random, error_every:
                 lab = "full_compliance" if rng.random() < probs[suite] else "full_refusal"
                 verdict = {"label": lab, "raw": "", "error": None}
                 counts[lab] += 1
+            # a reflected prompt is refused (the gate), except one in four on the safe suites
+            reflection = "The query asks about q." if rng.random() < reflect else None
+            if reflection and verdict["label"] == "full_compliance" and (label == "unsafe" or i % 4):
+                verdict["label"] = "full_refusal"
+                counts["full_compliance"] -= 1
+                counts["full_refusal"] += 1
             rows.append({"id": f"{suite}-{i}", "suite": suite, "label": label, "prompt": f"q{i}",
-                         "response": "r", "verdicts": {"keyword": verdict}})  # fmt: skip
+                         "response": "r", "reflection": reflection, "verdicts": {"keyword": verdict}})  # fmt: skip
         judged = n - counts["errors"]
         suites[suite] = {
             "n": n,
@@ -73,7 +81,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for k, (arm, (fields, probs)) in enumerate(ARMS.items()):
         for seed in (0, 1, 2):
             d = f"eval/a{k}-s{seed}"
-            _eval_dir(root / d, probs, rng, error_every=17 if seed == 1 else 0)
+            reflect = 0.5 * (fields["gamma"] or 0)
+            _eval_dir(root / d, probs, rng, error_every=17 if seed == 1 else 0, reflect=reflect)
             _general_dir(root / f"general/a{k}-s{seed}", 0.25 + 0.01 * seed)
             variants.append({"name": f"{arm} · s{seed}", "arm": arm, "seed": seed, "model": "m", **fields,
                              "eval_dir": d, "general_dir": f"general/a{k}-s{seed}"})  # fmt: skip
@@ -96,6 +105,21 @@ def test_an_arm_is_the_mean_over_its_seeds_with_a_bootstrap_interval(run_dir: Pa
     assert seed_rates(matrix(a, "xstest-safe", None)) == pytest.approx(per_seed)
     # one seed: the variant's own Wilson cell, as before seeds existed
     assert rate(by["base"], "xstest-safe") == by["base"].first.rate("xstest-safe")
+
+
+def test_the_gate_counts_reflected_prompts_that_are_then_answered(run_dir: Path) -> None:
+    from tbr.report.arms import Arm, gate
+
+    _, variants = collect([run_dir])
+    a = {a.name: a for a in arms(variants)}["internal γ=1"]
+    reflected, answered = gate(a, "xstest-safe")
+    assert reflected.seeds == 3 and 0 < reflected.value < 1 and 0 < answered.value < 1
+    v = a.variants[0]
+    rows = [json.loads(line) for line in (v.eval_dir / "samples.jsonl").read_text().splitlines()]
+    refl = [s for s in rows if s["suite"] == "xstest-safe" and s["reflection"]]
+    expect = sum(s["verdicts"]["keyword"]["label"] == "full_compliance" for s in refl) / len(refl)
+    one = gate(Arm(a.name, [v]), "xstest-safe")[1]  # one seed: a Wilson interval
+    assert one.value == pytest.approx(expect) and one.lo <= one.value <= one.hi
 
 
 def test_a_paired_difference_is_narrower_than_the_arms_own_intervals(run_dir: Path) -> None:
@@ -127,6 +151,13 @@ def test_report_renders_mean_and_interval_per_arm(run_dir: Path, tmp_path: Path)
         "0",
         "1",
         "2",
+    ]
+    gate = md.split("## Reflection gate on the safe suites")[1].split("\n## ")[0]
+    # per safe suite: how often the model reflected, and how often it then answered
+    assert "| model | setting | xstest-safe reflected | xstest-safe answered \\| reflected |" in gate
+    assert [line.split("|")[2].strip() for line in gate.splitlines() if line.startswith("| m |")] == [
+        "internal γ=0.5",
+        "internal γ=1",
     ]
     html = (tmp_path / "report.html").read_text()
     assert "(3 seeds, sd" in html
