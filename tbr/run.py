@@ -75,8 +75,9 @@ class Experiment:
     # Empty: one arm, in the build section's reflection_format.
     reflection_formats: list[str] = field(default_factory=list)
     # Train every arm once per seed (each redraws the reflected prompts, the safety sample, the γ
-    # selection and the training order). Empty: one arm at `seed`. With more than one, labels end in
-    # -s<seed> (internal-g1-s1) and the report aggregates each arm across its seeds.
+    # selection and the training order). Empty: one arm at `seed`. The first seed keeps the plain
+    # labels and keys (internal-g1), the others end in -s<seed> (internal-g1-s1); the report
+    # aggregates each arm across its seeds.
     seeds: list[int] = field(default_factory=list)
     # Extra w/o (γ=0) arms trained on this many safety samples, drawn straight from the safety
     # source: the safety / over-refusal trade-off curve that TBR is compared against (wo-n110, …).
@@ -226,7 +227,7 @@ def plan(exp: Experiment) -> list[Stage]:
             stages.append(Stage("general", label, gv if train else {**gv, "model": exp.model}, deps, variant))
 
     def arm(label: str, bvalues: dict[str, Any], refl: Stage | None, seed: int) -> Stage:
-        """build → train for one arm (label and variant name get the seed when there are several)."""
+        """build → train for one arm, after the reflection stage it reads if that is not planned yet."""
         # Only a build without reflections categorises (the reflect stage's key covers the rest).
         b = Stage(
             "build", label, bvalues, [refl] if refl else [], inputs={} if refl else category_inputs(bvalues)
