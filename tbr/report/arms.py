@@ -204,3 +204,28 @@ def gate(arm: Arm, suite: str, judge: str | None = None) -> tuple[Cell | None, C
     return cell([r for _, r, _ in per], [j for j, _, _ in per]), cell(
         [a for _, _, a in per], [r for _, r, _ in per]
     )
+
+
+class ArmVariant(Variant):
+    """An arm with several seeds, standing in for a variant in the per-variant figures (bars,
+    scatter): its rates and metrics are the arm's aggregates."""
+
+    def __init__(self, arm: Arm) -> None:
+        first = arm.first
+        super().__init__(
+            name=arm.name, model=first.model, group=first.group, source=first.source, gamma=first.gamma,
+            eval_dir=None, general_dir=None, eval=first.eval, general=first.general, arm=arm.name,
+            safety_n=first.safety_n, reflection_format=first.reflection_format, sweep=first.sweep,
+        )  # fmt: skip
+        self._arm = arm
+
+    def rate(self, suite: str, judge: str | None = None, type_: str | None = None) -> Cell | None:
+        return rate(self._arm, suite, judge) if type_ is None else None
+
+    def metric(self, task: str, key: str) -> Cell | None:
+        return metric(self._arm, task, key)
+
+
+def one_per_arm(variants: list[Variant]) -> list[Variant]:
+    """The variants with each multi-seed arm folded into one (its seeds' aggregate)."""
+    return [a.first if a.seeds == 1 else ArmVariant(a) for a in arms(variants)]

@@ -57,6 +57,8 @@ def _bar_variants(variants: list[Variant]) -> list[Variant]:
     """Figure 3 compares w/o with full reflection: intermediate γ values belong to the γ curves."""
     keep = []
     for v in variants:
+        if v.sweep:
+            continue  # the safety_ns arms belong to the trade-off figure
         if v.gamma is None or v.gamma in (0.0, 1.0):
             keep.append(v)
             continue
