@@ -74,6 +74,17 @@ class Experiment:
     # untagged prose). The first keeps the plain label (internal-g1); the others add "-<format>".
     # Empty: one arm, in the build section's reflection_format.
     reflection_formats: list[str] = field(default_factory=list)
+    # Train every arm once per seed (each redraws the reflected prompts, the safety sample, the γ
+    # selection and the training order). Empty: one arm at `seed`. The first seed keeps the plain
+    # labels and keys (internal-g1), the others end in -s<seed> (internal-g1-s1); the report
+    # aggregates each arm across its seeds.
+    seeds: list[int] = field(default_factory=list)
+    # Extra w/o (γ=0) arms trained on this many safety samples, drawn straight from the safety
+    # source: the safety / over-refusal trade-off curve that TBR is compared against (wo-n110, …).
+    safety_ns: list[int] = field(default_factory=list)
+    # γ values whose eval asks every prompt of every suite (eval.suite_sample and eval.sample dropped),
+    # e.g. [0, 1] in a sweep that samples OR-Bench for the middle γ only.
+    full_eval_gammas: list[float] = field(default_factory=list)
 
     def validate(self) -> None:
         bad = [s for s in self.sources if s not in SOURCES]
@@ -97,6 +108,22 @@ class Experiment:
                 f"build.reflection_format={own!r} must be the first of reflection_formats "
                 f"{self.reflection_formats} (the arm that keeps the plain labels), or be left out"
             )
+
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds: {self.seeds} repeats a seed")
+        if self.seeds and self.seed not in (0, self.seeds[0]):
+            raise ConfigError(
+                f"seed={self.seed} and seeds={self.seeds}: set one (seeds[0] plays seed's part)"
+            )
+        if bad := [n for n in self.safety_ns if isinstance(n, bool) or not isinstance(n, int) or n <= 0]:
+            raise ConfigError(f"safety_ns: {bad} are not positive counts of safety samples")
+        if len(set(self.safety_ns)) != len(self.safety_ns):
+            raise ConfigError(f"safety_ns: {self.safety_ns} repeats a count")
+        if bad := [g for g in self.full_eval_gammas if g not in self.gammas]:
+            raise ConfigError(f"full_eval_gammas: {bad} not among gammas {self.gammas}")
+
+    def seed_list(self) -> list[int]:
+        return list(self.seeds) or [self.seed]
 
     def formats(self) -> list[str]:
         return self.reflection_formats or [str(self.build.get("reflection_format", "tagged"))]
@@ -148,22 +175,30 @@ def coarse_to_fine(values: list[float]) -> list[float]:
 def plan(exp: Experiment) -> list[Stage]:
     """Expand the experiment into an ordered list of stages.
 
-    Order: one model at a time (base; then per γ, coarse to fine, and source: [reflect] → build →
-    train → eval → general), each reflection stage just before the first build that reads it, so a
-    run stopped early already holds complete rows for the models it reached."""
-    base = {"model": exp.model, "seed": exp.seed}
+    Order: one model at a time (base; then per seed, per γ, coarse to fine, and source: [reflect] →
+    build → train → eval → general; then the safety-share arms), each reflection stage just before the
+    first build that reads it, so a run stopped early already holds complete rows for the models it
+    reached, and a multi-seed run stopped early holds whole seeds."""
+    seeds = exp.seed_list()
+    many = len(seeds) > 1
     data = {"data_dir": exp.data_dir} if exp.data_dir else {}
     stages: list[Stage] = []
-    reflections: dict[str, Stage] = {}
-    for src in exp.sources if any(g > 0 for g in exp.gammas) else []:
-        values = {**exp.reflect, **base, **data, "source": src}
-        if src == "external":
-            ext = exp.external
-            values.update({k: v for k, v in ext.items() if k not in ENDPOINT_KEYS})
-            values.update({k: ext[k] for k in ("api_base", "api_key_env") if k in ext})
-            values.update(api_model=ext.get("api_model") or ext.get("serve"), serve=ext.get("serve"))
-            values["backend"] = "openai"  # external reflections always come from the endpoint
-        reflections[src] = Stage("reflect", src, values, inputs=category_inputs(values))
+    # One reflection pool per (source, seed): the seed draws which prompts are reflected on, so every
+    # seed has its own sample (docs/choices.md, Seeds).
+    reflections: dict[tuple[str, int], Stage] = {}
+
+    def reflect_stage(src: str, seed: int) -> Stage:
+        if (src, seed) not in reflections:
+            values = {**exp.reflect, "model": exp.model, "seed": seed, **data, "source": src}
+            if src == "external":
+                ext = exp.external
+                values.update({k: v for k, v in ext.items() if k not in ENDPOINT_KEYS})
+                values.update({k: ext[k] for k in ("api_base", "api_key_env") if k in ext})
+                values.update(api_model=ext.get("api_model") or ext.get("serve"), serve=ext.get("serve"))
+                values["backend"] = "openai"  # external reflections always come from the endpoint
+            label = src + (f"-s{seed}" if seed != seeds[0] else "")
+            reflections[src, seed] = Stage("reflect", label, values, inputs=category_inputs(values))
+        return reflections[src, seed]
 
     from tbr import suites
 
@@ -171,11 +206,15 @@ def plan(exp: Experiment) -> list[Stage]:
     formats = exp.formats()
     default_format = formats[0]
 
-    def measure(label: str, variant: dict[str, Any], train: Stage | None, refl_format: str) -> None:
+    def measure(
+        label: str, variant: dict[str, Any], train: Stage | None, refl_format: str, seed: int, full: bool
+    ) -> None:
         deps = [train] if train else []
         # Fine-tuned models are asked in the template they were trained on; the base model in its own.
         fmt = exp.build.get("template", "alpaca") if train else exp.base_format
-        ev = {"format": fmt, **exp.eval, **data, "seed": exp.seed}
+        ev = {"format": fmt, **exp.eval, **data, "seed": seed}
+        if full:  # every prompt: the sampled suites' seeded subsample is a subset of these
+            ev = {k: v for k, v in ev.items() if k not in ("suite_sample", "sample")}
         if train and refl_format != exp.eval.get("reflection_format", "tagged"):
             ev["reflection_format"] = refl_format  # the judges split the arm's own format
         stages.append(
@@ -187,38 +226,64 @@ def plan(exp: Experiment) -> list[Stage]:
                 gv["think_end"] = think_end_for(refl_format)
             stages.append(Stage("general", label, gv if train else {**gv, "model": exp.model}, deps, variant))
 
+    def arm(label: str, bvalues: dict[str, Any], refl: Stage | None, seed: int) -> Stage:
+        """build → train for one arm, after the reflection stage it reads if that is not planned yet."""
+        # Only a build without reflections categorises (the reflect stage's key covers the rest).
+        b = Stage(
+            "build", label, bvalues, [refl] if refl else [], inputs={} if refl else category_inputs(bvalues)
+        )
+        t = Stage("train", label, {**exp.train, "model": exp.model, "seed": seed}, [b])
+        if refl and refl not in stages:
+            stages.append(refl)
+        stages.extend([b, t])
+        return t
+
+    def variant_of(name: str, seed: int, **kw: Any) -> dict[str, Any]:
+        # Several seeds: the name is unique per seed (the sample browser keys on it) and `arm` groups them.
+        extra = {"arm": name, "seed": seed} if many else {}
+        return {"name": f"{name} · s{seed}" if many else name, **kw, **extra}
+
     if exp.evaluate_base:
-        measure("base", {"name": "base", "source": "base", "gamma": None}, None, default_format)
-    for gamma in coarse_to_fine(exp.gammas):
-        # γ=0 carries no reflection, so it is one baseline shared by every source ("w/o" in Table 3).
-        for src in ["none"] if gamma == 0 else exp.sources:
-            # γ=0 has no reflection to format: one baseline, whatever the formats.
-            for k, refl_format in enumerate(formats[:1] if gamma == 0 else formats):
-                bvalues = {**exp.build, **data, "seed": exp.seed, "gamma": gamma}
-                if refl_format != exp.build.get("reflection_format", "tagged"):
-                    bvalues["reflection_format"] = refl_format
-                # γ=0 reads the first source's reflection file too (and ignores the reflections), so the
-                # baseline is trained on the very same safety prompts as the TBR models ("the same dataset
-                # where responses to the harmful inputs exclude rationale", §5).
-                refl = reflections.get(src) or (reflections[exp.sources[0]] if reflections else None)
-                label = "wo-g0.0" if gamma == 0 else f"{src}-g{gamma:g}" + (f"-{refl_format}" if k else "")
-                if refl and refl not in stages:
-                    stages.append(refl)
-                # Only a build without reflections categorises (the reflect stage's key covers the rest).
-                b = Stage(
-                    "build",
-                    label,
-                    bvalues,
-                    [refl] if refl else [],
-                    inputs={} if refl else category_inputs(bvalues),
-                )
-                t = Stage("train", label, {**exp.train, **base}, [b])
-                stages += [b, t]
-                name = "w/o" if gamma == 0 else f"{src} γ={gamma:g}" + (f" ({refl_format})" if k else "")
-                variant = {"name": name, "source": src, "gamma": gamma}
-                if gamma > 0 and len(formats) > 1:
-                    variant["reflection_format"] = refl_format
-                measure(label, variant, t, refl_format)
+        # The untuned model reads no seeded input (greedy decoding, fixed suite samples): one stage.
+        base = {"name": "base", "source": "base", "gamma": None}
+        measure("base", base, None, default_format, seeds[0], False)
+    for seed in seeds:
+        # The first seed keeps the plain labels, so its stage directories are those of a one-seed run:
+        # adding seeds to a finished run (or `reuse`-ing one) trains only the new seeds.
+        tag = f"-s{seed}" if seed != seeds[0] else ""
+        for gamma in coarse_to_fine(exp.gammas):
+            full = gamma in exp.full_eval_gammas
+            # γ=0 carries no reflection, so it is one baseline shared by every source ("w/o" in Table 3).
+            for src in ["none"] if gamma == 0 else exp.sources:
+                # γ=0 has no reflection to format: one baseline, whatever the formats.
+                for k, refl_format in enumerate(formats[:1] if gamma == 0 else formats):
+                    bvalues = {**exp.build, **data, "seed": seed, "gamma": gamma}
+                    if refl_format != exp.build.get("reflection_format", "tagged"):
+                        bvalues["reflection_format"] = refl_format
+                    # γ=0 reads the first source's reflection file too (and ignores the reflections), so
+                    # the baseline is trained on the very same safety prompts as the TBR models ("the same
+                    # dataset where responses to the harmful inputs exclude rationale", §5).
+                    has_refl = any(g > 0 for g in exp.gammas) and exp.sources
+                    refl = reflect_stage(exp.sources[0] if src == "none" else src, seed) if has_refl else None
+                    fmt_tag = f"-{refl_format}" if k else ""
+                    label = ("wo-g0.0" if gamma == 0 else f"{src}-g{gamma:g}{fmt_tag}") + tag
+                    t = arm(label, bvalues, refl, seed)
+                    name = "w/o" if gamma == 0 else f"{src} γ={gamma:g}" + (f" ({refl_format})" if k else "")
+                    variant = variant_of(name, seed, source=src, gamma=gamma)
+                    if gamma > 0 and len(formats) > 1:
+                        variant["reflection_format"] = refl_format
+                    measure(label, variant, t, refl_format, seed, full)
+        # The trade-off curve: w/o models with less or more refusal data. They need no reflections, so
+        # they draw straight from the safety source (a count above the reflection pool is fine).
+        for n in exp.safety_ns:
+            bvalues = {**exp.build, **data, "seed": seed, "gamma": 0.0, "safety_n": n}
+            for key in ("safety_source", "categorizer"):  # the pool the reflect stage draws from
+                if key not in exp.build and key in exp.reflect:
+                    bvalues[key] = exp.reflect[key]
+            label = f"wo-n{n}{tag}"
+            t = arm(label, bvalues, None, seed)
+            measure(label, variant_of(f"w/o n={n}", seed, source="none", gamma=0.0, safety_n=n, sweep="safety_n"), t,
+                    default_format, seed, False)  # fmt: skip
     return stages
 
 
@@ -292,7 +357,8 @@ def check_plan(exp: Experiment, stages: list[Stage], source: str = "experiment")
             if s.kind == "eval":
                 check_judges(configs[s.dirname].judge)  # judges are built only when the eval starts
         except ConfigError as e:
-            section = "external" if s.kind == "reflect" and s.label == "external" else SECTIONS[s.kind]
+            external = s.kind == "reflect" and s.values.get("source") == "external"
+            section = "external" if external else SECTIONS[s.kind]
             why = str(e).removeprefix(f"stage {s.label}: ")
             raise ConfigError(f"{source}: section `{section}` (stage {s.label}): {why}") from None
     from tbr.report import ReportConfig
@@ -308,7 +374,7 @@ def check_plan(exp: Experiment, stages: list[Stage], source: str = "experiment")
         b, r = configs[s.dirname], configs[s.deps[0].dirname]
         if b.safety_n == -1:
             continue
-        section = "external" if s.deps[0].label == "external" else "reflect"
+        section = "external" if s.deps[0].values.get("source") == "external" else "reflect"
         if r.n < b.safety_n:
             raise ConfigError(
                 f"{source}: build.safety_n={b.safety_n} but `{section}` reflects on n={r.n} prompts; "
@@ -326,33 +392,45 @@ def check_plan(exp: Experiment, stages: list[Stage], source: str = "experiment")
 
 
 def pool_notes(exp: Experiment, stages: list[Stage], configs: dict[str, Any], source: str) -> list[str]:
-    """Per-category feasibility of the reflect stages' samples, where the safety data is local."""
+    """Per-category feasibility of the samples drawn straight from the safety data (reflect stages, and
+    builds without reflections such as the safety_ns arms), where the safety data is local."""
     from tbr.categories import CATEGORIES, feasibility
     from tbr.data import resolve_data_dir
 
     notes = []
+    counted: dict[tuple[str, str | None, str], dict[str, int]] = {}  # one count per pool: --plan stays fast
     for s in stages:
-        if s.kind != "reflect":
+        if s.kind == "reflect":
+            c = configs[s.dirname]
+            n, section = c.n, "reflect"
+        elif s.kind == "build" and not s.deps and configs[s.dirname].safety_n > 0:
+            c = configs[s.dirname]
+            n, section = c.safety_n, "build"
+        else:
             continue
-        r = configs[s.dirname]
-        local = r.safety_source in ("demo-safety",) or str(r.safety_source).endswith((".json", ".jsonl"))
-        if not local and resolve_data_dir(r.data_dir) is None:
-            notes.append(f"{s.label}: {r.safety_source} comes from the Hub; category counts not checked")
+        local = c.safety_source in ("demo-safety",) or str(c.safety_source).endswith((".json", ".jsonl"))
+        if not local and resolve_data_dir(c.data_dir) is None:
+            notes.append(f"{s.label}: {c.safety_source} comes from the Hub; category counts not checked")
             continue
-        if r.categorizer != "keyword":
-            notes.append(f"{s.label}: categorizer {r.categorizer}: category counts are checked when it runs")
+        if c.categorizer != "keyword":
+            notes.append(f"{s.label}: categorizer {c.categorizer}: category counts are checked when it runs")
             continue
-        counts = feasibility(r.safety_source, r.data_dir, r.categorizer)
-        drawn = sum(counts.get(c, 0) for c in CATEGORIES)
-        if drawn < r.n:
+        pool = (str(c.safety_source), c.data_dir, c.categorizer)
+        if pool not in counted:
+            counted[pool] = feasibility(c.safety_source, c.data_dir, c.categorizer)
+        counts = counted[pool]
+        drawn = sum(counts.get(k, 0) for k in CATEGORIES)
+        if drawn < n:
+            what = "n" if section == "reflect" else "safety_n"
             raise ConfigError(
-                f"{source}: `reflect` n={r.n} but {r.safety_source} has only {drawn} categorised prompts "
-                f"({', '.join(f'{c}: {counts.get(c, 0)}' for c in CATEGORIES)}); lower n"
+                f"{source}: `{section}` {what}={n} (stage {s.label}) but {c.safety_source} has only {drawn} "
+                f"categorised prompts ({', '.join(f'{k}: {counts.get(k, 0)}' for k in CATEGORIES)}); "
+                f"lower {what}"
             )
-        share = r.n // len(CATEGORIES)
-        thin = [c for c in CATEGORIES if counts.get(c, 0) < share]
+        share = n // len(CATEGORIES)
+        thin = [k for k in CATEGORIES if counts.get(k, 0) < share]
         notes.append(
-            f"{s.label}: {drawn} categorised prompts for n={r.n} ({share} per category)"
+            f"{s.label}: {drawn} categorised prompts for n={n} ({share} per category)"
             + (f"; too few in {', '.join(thin)} (their share goes to the others)" if thin else "")
         )
     return notes
@@ -635,6 +713,7 @@ def write_report(exp: Experiment, root: Path, session: dict[str, Any] | None = N
         if s.kind == "eval" and s.dirname in seconds:
             gen = next((g for g in stages if g.kind == "general" and g.variant == s.variant), None)
             train = s.deps[0] if s.deps else None
+            safety_n = _built_safety_n(root / train.deps[0].dirname) if train else None
             variants.append(
                 {
                     **(s.variant or {}),
@@ -642,6 +721,7 @@ def write_report(exp: Experiment, root: Path, session: dict[str, Any] | None = N
                     "eval_dir": s.dirname,
                     "general_dir": gen.dirname if gen and gen.dirname in seconds else None,
                     "train_dir": train.dirname if train else None,
+                    **({"safety_n": safety_n} if safety_n is not None else {}),
                 }
             )
     if not variants:
@@ -663,6 +743,15 @@ def write_report(exp: Experiment, root: Path, session: dict[str, Any] | None = N
     from tbr.report import report
 
     return report([str(root)], str(root), **exp.report)
+
+
+def _built_safety_n(build_dir: Path) -> int | None:
+    """How many safety samples a finished build holds (the trade-off figure's axis)."""
+    try:
+        n = json.loads((build_dir / "manifest.json").read_text())["counts"]["safety"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return n if isinstance(n, int) else None
 
 
 def load_experiment(path: str | Path) -> Experiment:

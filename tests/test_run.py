@@ -188,22 +188,111 @@ def test_shipped_experiments_parse_and_plan(name):
     check_plan(exp, stages, name)  # every stage's config builds and the sample counts are feasible
     trained = {s.label for s in stages if s.kind == "train"}
     formats = exp.formats()
-    expected = {"wo-g0.0"} | {
+    seeds = exp.seed_list()
+    arms = {"wo-g0.0"} | {f"wo-n{n}" for n in exp.safety_ns}
+    arms |= {
         f"{src}-g{g:g}" + (f"-{fmt}" if k else "")
         for g in exp.gammas
         if g > 0
         for src in exp.sources
         for k, fmt in enumerate(formats)
     }
-    assert trained == expected
+    assert trained == {a + (f"-s{s}" if s != seeds[0] else "") for a in arms for s in seeds}
     if name == "gamma-sweep":
-        assert sorted(exp.gammas) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+        assert sorted(exp.gammas) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0]) and seeds == [0, 1, 2]
+        assert exp.full_eval_gammas == [0.0, 1.0]
+    if name in ("gamma-sweep", "seeds-smollm2"):
+        # seed 0 is local-smollm2's run: its tagged arms' stages are copied from there (`reuse`)
+        local = {s.dirname for s in plan(load_experiment(CONFIGS / "local-smollm2.yaml"))}
+        ends = ("internal", "external", "wo-g0.0", "internal-g1", "external-g1")
+        mine = {s.dirname for s in stages if s.kind in ("reflect", "build", "train") and s.label in ends}
+        assert len(mine) >= 5 and mine <= local
     if name == "paper":
         assert formats == ["prose"] and exp.report["judges"] == {"safe": "keyword", "unsafe": "guard"}
         assert {"or-bench-hard", "or-bench-toxic"} <= set(exp.eval["suites"])
     if name.startswith("local-smollm2"):
         assert formats == ["tagged", "prose"]
         assert exp.eval["suite_sample"] == {"or-bench-hard": 300, "or-bench-toxic": 100}
+
+
+def test_seeds_add_arms_and_share_what_does_not_depend_on_the_seed():
+    one = _exp(sources=["internal", "external"], gammas=[0.0, 1.0])
+    many = _exp(sources=["internal", "external"], gammas=[0.0, 1.0], seeds=[0, 1, 2])
+    plain, stages = plan(one), plan(many)
+    # the first seed keeps the plain labels and keys: a finished one-seed run is seed 0 of this one
+    assert {s.dirname for s in plain} <= {s.dirname for s in stages}
+    assert [s.dirname for s in plan(_exp(sources=["internal", "external"], seeds=[0]))] == [
+        s.dirname for s in plain
+    ]
+    by = {(s.kind, s.label): s for s in stages}
+    evals = [s.label for s in stages if s.kind == "eval"]
+    assert evals == ["base"] + [
+        f"{arm}{tag}" for tag in ("", "-s1", "-s2") for arm in ("wo-g0.0", "internal-g1", "external-g1")
+    ]
+    # the untuned model reads no seeded input: one base eval and one general stage
+    assert sum(s.label == "base" for s in stages) == 2
+    # each seed redraws the reflected prompts (its own reflect stage), the safety sample and γ
+    # selection (build seed) and the training order (train seed); w/o reads that seed's reflections
+    assert by["reflect", "internal-s1"].values["seed"] == 1
+    assert by["build", "wo-g0.0-s2"].deps == [by["reflect", "internal-s2"]]
+    assert by["build", "external-g1-s1"].deps == [by["reflect", "external-s1"]]
+    assert by["build", "internal-g1-s1"].values == {**by["build", "internal-g1"].values, "seed": 1}
+    assert by["train", "internal-g1-s2"].values["seed"] == 2
+    assert by["eval", "internal-g1-s1"].variant == {
+        "name": "internal γ=1 · s1", "source": "internal", "gamma": 1.0, "arm": "internal γ=1", "seed": 1
+    }  # fmt: skip
+    # the suites' samples do not move with the seed: every arm answers the same prompts (paired intervals)
+    ev0, ev1 = by["eval", "internal-g1"].values, by["eval", "internal-g1-s1"].values
+    assert {**ev1, "seed": 0} == ev0 and ev1["seed"] == 1
+    assert select(stages, ["internal-g1-s1"])[-1].label == "internal-g1-s1"
+    with pytest.raises(ConfigError, match="repeats a seed"):
+        _exp(seeds=[0, 0])
+    with pytest.raises(ConfigError, match="set one"):
+        _exp(seed=3, seeds=[0, 1])
+
+
+def test_safety_ns_add_wo_arms_drawn_from_the_safety_source():
+    exp = _exp(
+        gammas=[0.0, 1.0],
+        safety_ns=[5, 25],
+        seeds=[0, 1],
+        reflect={"n": 20, "safety_source": "demo-safety", "audit": "keep"},
+        build={"safety_n": 10, "general_source": "demo"},
+        general=None,
+    )
+    stages = plan(exp)
+    by = {(s.kind, s.label): s for s in stages}
+    b = by["build", "wo-n25-s1"]
+    # no reflections to read: the pool is the reflect section's safety source, the count above it is fine
+    assert not b.deps and b.inputs and b.values["safety_n"] == 25 and b.values["gamma"] == 0.0
+    assert b.values["safety_source"] == "demo-safety" and b.values["seed"] == 1
+    assert by["eval", "wo-n5"].variant == {
+        "name": "w/o n=5 · s0", "source": "none", "gamma": 0.0, "safety_n": 5, "sweep": "safety_n",
+        "arm": "w/o n=5", "seed": 0,
+    }  # fmt: skip
+    notes = check_plan(exp, stages)
+    assert any(n.startswith("wo-n25-s1: ") for n in notes)
+    too_many = dataclasses.replace(exp, safety_ns=[5000])
+    with pytest.raises(
+        ConfigError, match=r"`build` safety_n=5000 \(stage wo-n5000\) but demo-safety has only"
+    ):
+        check_plan(too_many, plan(too_many))
+    with pytest.raises(ConfigError, match="safety_ns"):
+        _exp(safety_ns=[0])
+
+
+def test_full_eval_gammas_ask_every_prompt_at_those_gammas_only():
+    exp = _exp(
+        gammas=[0.0, 0.5, 1.0],
+        full_eval_gammas=[0.0, 1.0],
+        eval={"suites": ["xstest", "or-bench-hard"], "suite_sample": {"or-bench-hard": 30}},
+    )
+    evals = {s.label: s.values for s in plan(exp) if s.kind == "eval"}
+    assert "suite_sample" not in evals["wo-g0.0"] and "suite_sample" not in evals["internal-g1"]
+    assert evals["internal-g0.5"]["suite_sample"] == {"or-bench-hard": 30}
+    assert evals["base"]["suite_sample"] == {"or-bench-hard": 30}
+    with pytest.raises(ConfigError, match="not among gammas"):
+        _exp(gammas=[0.0, 1.0], full_eval_gammas=[0.5])
 
 
 def test_the_tagged_and_prose_arms_differ_only_in_the_format():

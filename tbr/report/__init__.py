@@ -119,6 +119,7 @@ def report(
     """Write report.md, report.html and the figures into `out`; return the report.html path."""
     from tbr.config import write_manifest
     from tbr.report import html, markdown, plots, tables, verdicts
+    from tbr.report.arms import one_per_arm
     from tbr.report.collect import collect, suite_pair
 
     experiment, variants = collect(run_dirs)
@@ -128,14 +129,18 @@ def report(
     judge = primary_judge
     safe, unsafe = suite_pair(variants)
 
+    # Bars and scatter: one bar or point per arm (a multi-seed arm as its seeds' mean and interval).
+    folded = one_per_arm(variants)
     figures: list[tuple[str, Path]] = []
     for caption, name, draw in [
         (f"Compliance on {safe} per variant (Figure 3 style)", "fig_safe_bars.png",
-         lambda p: plots.bars(variants, safe, p, judge) if safe else None),
-        ("Compliance and MMLU vs γ (Figure 4 style)", "fig_gamma.png",
+         lambda p: plots.bars(folded, safe, p, judge) if safe else None),
+        ("Compliance and MMLU vs γ (Figure 4 style; the paper's curves in the last panel)", "fig_gamma.png",
          lambda p: plots.gamma_curves(variants, safe, unsafe, p, judge)),
         (f"{safe} vs {unsafe} compliance, one point per variant", "fig_safe_unsafe.png",
-         lambda p: plots.scatter(variants, safe, unsafe, p, judge)),
+         lambda p: plots.scatter(folded, safe, unsafe, p, judge)),
+        ("Trade-off: w/o at several safety-data sizes against TBR", "fig_tradeoff.png",
+         lambda p: plots.tradeoff(variants, p, judge)),
     ]:  # fmt: skip
         path = out_dir / name
         path.unlink(missing_ok=True)  # a figure that no longer applies must not linger from a rerun
@@ -147,11 +152,13 @@ def report(
     all_tables += [
         t
         for t in (
+            tables.differences(variants, judge, judges),
+            tables.per_seed(variants, judge, judges),
+            tables.gate(variants, judge),
             tables.per_type(variants, type_suites, judge),
             tables.other_suites(variants, judge),
             tables.judge_errors(variants),
             verdicts.judge_disagreements(variants),
-            verdicts.reflection_gate(variants, judge),
             tables.general_details(variants),
         )
         if t is not None

@@ -48,6 +48,9 @@ class Cell:
     lo: float | None = None
     hi: float | None = None
     n: int | None = None
+    seeds: int | None = None  # > 1: value is the mean over seeds, [lo, hi] a bootstrap over seeds and prompts
+    sd: float | None = None  # the across-seed standard deviation
+    signed: bool = False  # a difference between arms: printed with its sign
 
 
 @dataclass
@@ -61,6 +64,15 @@ class Variant:
     general_dir: Path | None = None
     eval: dict[str, Any] = field(default_factory=dict)  # results.json of `tbr eval`
     general: dict[str, Any] = field(default_factory=dict)  # results.json of `tbr general` (lm-eval)
+    # Several seeds of one arm share `arm` (runs.json "arm"; default: the name) and differ in `seed`.
+    arm: str = ""
+    seed: int | None = None
+    safety_n: int | None = None  # safety samples the model was trained on (the trade-off curve's axis)
+    reflection_format: str | None = None
+    sweep: str | None = None  # "safety_n": a w/o arm of the trade-off curve, not the γ=0 of the γ curves
+
+    def __post_init__(self) -> None:
+        self.arm = self.arm or self.name
 
     @property
     def judges(self) -> list[str]:
@@ -123,6 +135,14 @@ def _num(x: Any) -> float | None:
     if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
         return None
     return float(x)
+
+
+def _str(x: Any) -> str | None:
+    return x if isinstance(x, str) and x else None
+
+
+def _int(x: Any) -> int | None:
+    return x if isinstance(x, int) and not isinstance(x, bool) else None
 
 
 def _judged(s: dict[str, Any]) -> int | None:
@@ -245,6 +265,11 @@ def _from_runs(run_dir: Path) -> tuple[str | None, list[Variant]]:
                 general_dir=gen,
                 eval=evr,
                 general=_optional_results(gen, "general-benchmark"),
+                arm=str(v.get("arm") or ""),
+                seed=_int(v.get("seed")),
+                safety_n=_int(v.get("safety_n")),
+                reflection_format=_str(v.get("reflection_format")),
+                sweep=_str(v.get("sweep")),
             )
         )
     exp = data.get("experiment")
@@ -292,6 +317,8 @@ def collect(run_dirs: list[str | Path]) -> tuple[str | None, list[Variant]]:
     for v in variants:
         if v.name in seen:
             seen[v.name] += 1
+            # A second run dir's copy of an arm is a separate arm, not another seed of it.
+            v.arm = f"{v.arm} #{seen[v.name]}"
             v.name = f"{v.name} #{seen[v.name]}"
         else:
             seen[v.name] = 1
@@ -299,8 +326,9 @@ def collect(run_dirs: list[str | Path]) -> tuple[str | None, list[Variant]]:
 
 
 def sort_key(v: Variant) -> tuple[Any, ...]:
-    """Table order: per base model, base < w/o < internal < external, then by γ."""
-    return (v.group, SOURCE_ORDER.get(v.source or "", 9), v.gamma if v.gamma is not None else -1.0)
+    """Table order: per base model, base < w/o < internal < external, then by γ, safety samples, seed."""
+    gamma = v.gamma if v.gamma is not None else -1.0
+    return (v.group, SOURCE_ORDER.get(v.source or "", 9), gamma, v.safety_n or 0, v.seed or 0)
 
 
 def suite_pair(variants: list[Variant]) -> tuple[str | None, str | None]:

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tbr.report.tables import Cell, Table, Value, fmt
+from tbr.report.tables import Cell, Table, Value, fmt, seeds_text
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d1d1f;background:#fafafa}
@@ -199,8 +199,11 @@ def _cell(v: Value, text_col: bool) -> str:
             if v.lo is not None and v.hi is not None
             else ""
         )
+        if v.signed and v.lo is not None and v.hi is not None:
+            ci = f'<span class="ci">[{v.lo:+.2f}, {v.hi:+.2f}]</span>'
+        seeds = f'<span class="ci">{html.escape(seeds_text(v))}</span>' if seeds_text(v) else ""
         n = f' title="n={v.n}"' if v.n else ""
-        return f"<td{n}>{v.value:.2f}{ci}</td>"
+        return f"<td{n}>{v.value:{'+' if v.signed else ''}.2f}{ci}{seeds}</td>"
     return f"<td{cls}>{html.escape(fmt(v))}</td>"
 
 

@@ -57,6 +57,8 @@ def _bar_variants(variants: list[Variant]) -> list[Variant]:
     """Figure 3 compares w/o with full reflection: intermediate γ values belong to the γ curves."""
     keep = []
     for v in variants:
+        if v.sweep:
+            continue  # the safety_ns arms belong to the trade-off figure
         if v.gamma is None or v.gamma in (0.0, 1.0):
             keep.append(v)
             continue
@@ -103,49 +105,81 @@ def bars(variants: list[Variant], suite: str, path: Path, judge: str | None = No
     return path
 
 
+PAPER_FIG4 = Path(__file__).resolve().parent.parent / "assets" / "paper_fig4.json"
+
+
+def _line(ax: Any, pts: list[tuple[float, Cell]], **kw: Any) -> None:
+    """A curve through the points with their 95% intervals: error bars, and a shaded band where a point
+    is a mean over seeds (its bootstrap interval over seeds and prompts)."""
+    if not pts:
+        return
+    xs = [x for x, _ in pts]
+    ys = [c.value for _, c in pts]
+    errs = [[_err(c)[0] for _, c in pts], [_err(c)[1] for _, c in pts]]
+    ax.errorbar(xs, ys, yerr=errs, capsize=2, lw=1.4, **kw)
+    if any((c.seeds or 1) > 1 for _, c in pts):
+        lo = [c.lo if c.lo is not None else c.value for _, c in pts]
+        hi = [c.hi if c.hi is not None else c.value for _, c in pts]
+        ax.fill_between(xs, lo, hi, color=kw.get("color"), alpha=0.18, lw=0)
+
+
+def _paper_panel(ax: Any) -> None:
+    """The paper's Figure 4 curves (read from its raster), for reference beside ours."""
+    import json
+
+    ref = json.loads(PAPER_FIG4.read_text(encoding="utf-8"))
+    styles = {"xstest-safe": ("#55a868", "-"), "xstest-unsafe": ("#c44e52", "--"), "mmlu": ("#4c72b0", ":")}
+    for (model, series), marker in zip(ref["models"].items(), "os^", strict=False):
+        for key, (color, ls) in styles.items():
+            ax.plot(ref["gammas"], series[key], color=color, ls=ls, marker=marker, ms=3.5, lw=1.0, alpha=0.8)
+        ax.plot([], [], "k", marker=marker, ls="none", ms=4, label=model)
+    ax.set_title("paper Fig. 4 (reference; XS-S —, XS-H --, MMLU ··)", fontsize=8)
+    ax.legend(fontsize=6, loc="center right")
+
+
 def gamma_curves(
     variants: list[Variant], safe: str | None, unsafe: str | None, path: Path, judge: str | None = None
 ) -> Path | None:
-    """Figure 4: safe CR, unsafe CR and MMLU against γ, one panel per (base model, reflection source).
+    """Figure 4: safe CR, unsafe CR and MMLU against γ, one panel per (base model, reflection source,
+    format), and the paper's curves in a last panel. Several seeds: their mean with a seed band.
 
-    The γ=0 baseline (no reflection, source "none") belongs to every source's curve. Drawn only
-    when some curve has at least two γ values.
+    The γ=0 baseline (no reflection, source "none") belongs to every source's curve; the safety_ns
+    arms are the trade-off figure's. Drawn only when some curve has at least two γ values.
     """
-    curves: dict[tuple[str, str], dict[float, Variant]] = defaultdict(dict)
-    for v in variants:
-        if v.gamma is not None and v.source in ("internal", "external"):
-            curves[(v.group, v.source)][v.gamma] = v
-    for v in variants:
-        if v.source == "none":
-            for (group, _), pts in curves.items():
-                if group == v.group:
-                    pts.setdefault(0.0 if v.gamma is None else v.gamma, v)
+    from tbr.report import arms as A
+
+    all_arms = [a for a in A.arms(variants) if a.first.sweep is None]
+    curves: dict[tuple[str, str, str], dict[float, A.Arm]] = defaultdict(dict)
+    for a in all_arms:
+        if a.gamma is not None and a.source in ("internal", "external"):
+            curves[(a.group, a.source, a.first.reflection_format or "")].setdefault(a.gamma, a)
+    for a in all_arms:
+        if a.source == "none":
+            for (group, _, _), pts in curves.items():
+                if group == a.group:
+                    pts.setdefault(0.0 if a.gamma is None else a.gamma, a)
     curves = {k: pts for k, pts in curves.items() if len(pts) >= 2}
     if not curves:
         return None
-    keys = sorted(curves, key=lambda k: (k[0], SOURCE_ORDER.get(k[1], 9)))
-    fig = _figure(max(4.2, 3.6 * len(keys)), 3.6)
-    axes = fig.subplots(1, len(keys), squeeze=False)[0]
+    keys = sorted(curves, key=lambda k: (k[0], SOURCE_ORDER.get(k[1], 9), k[2]))
+    fig = _figure(max(4.2, 3.6 * (len(keys) + 1)), 3.6)
+    axes = fig.subplots(1, len(keys) + 1, squeeze=False, sharey=True)[0]
     lines = [
-        (f"{safe} CR ↑", lambda v: v.rate(safe, judge) if safe else None, "#55a868", "o"),
-        (f"{unsafe} CR ↓", lambda v: v.rate(unsafe, judge) if unsafe else None, "#c44e52", "s"),
-        ("MMLU acc", lambda v: v.metric("mmlu", "acc,none"), "#4c72b0", "^"),
+        (f"{safe} CR ↑", lambda a: A.rate(a, safe, judge) if safe else None, "#55a868", "o"),
+        (f"{unsafe} CR ↓", lambda a: A.rate(a, unsafe, judge) if unsafe else None, "#c44e52", "s"),
+        ("MMLU acc", lambda a: A.metric(a, "mmlu", "acc,none"), "#4c72b0", "^"),
     ]
-    for ax, key in zip(axes, keys, strict=True):
+    for ax, key in zip(axes, keys, strict=False):
         pts = sorted(curves[key].items())
         for label, get, color, marker in lines:
-            xs, ys, errs = [], [], [[], []]
-            for g, v in pts:
-                c = get(v)
-                if c is not None:
-                    xs.append(g)
-                    ys.append(c.value)
-                    lo, hi = _err(c)
-                    errs[0].append(lo)
-                    errs[1].append(hi)
-            if xs:
-                ax.errorbar(xs, ys, yerr=errs, label=label, color=color, marker=marker, capsize=2, lw=1.4)
-        ax.set_title(f"{key[0]} — {SOURCE_LABEL.get(key[1], key[1])} reflection", fontsize=9)
+            cells = [(g, c) for g, a in pts if (c := get(a)) is not None]
+            _line(ax, cells, label=label, color=color, marker=marker)
+        seeds = max(a.seeds for _, a in pts)
+        fmt = f", {key[2]}" if key[2] else ""
+        band = f"; {seeds} seeds, 95% band" if seeds > 1 else ""
+        ax.set_title(f"{key[0]} — {SOURCE_LABEL.get(key[1], key[1])} reflection{fmt}{band}", fontsize=8)
+    _paper_panel(axes[-1])
+    for ax in axes:
         ax.set_xlabel("γ (share of safety samples with reflection)")
         ax.set_ylim(-0.03, 1.05)
         ax.set_xlim(-0.05, 1.05)
@@ -153,6 +187,81 @@ def gamma_curves(
     axes[0].set_ylabel("rate")
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, fontsize=8, loc="outside lower center", ncols=3)
+    fig.savefig(path)
+    return path
+
+
+# Trade-off axes: (suite, short name); x = how often harmful prompts are answered, y = safe ones.
+TRADEOFF_X = [("xstest-unsafe", "XS-H"), ("malicious-instruct", "Mal")]
+TRADEOFF_Y = [("xstest-safe", "XS-S"), ("or-bench-hard", "ORB")]
+
+
+def tradeoff(variants: list[Variant], path: Path, judge: str | None = None) -> Path | None:
+    """Safe compliance against unsafe compliance for w/o models trained on more or less safety data
+    (a curve: `safety_ns`) and the TBR arms (points), one panel per (unsafe, safe) suite pair. A TBR
+    point above the w/o curve is a better trade-off, not a move along it. Drawn when the w/o family has
+    at least two safety counts."""
+    from tbr.report import arms as A
+
+    all_arms = A.arms(variants)
+    have = {s for v in variants for s in v.suites()}
+    panels = [(x, y) for y in TRADEOFF_Y for x in TRADEOFF_X if x[0] in have and y[0] in have]
+    groups = list(dict.fromkeys(a.group for a in all_arms))
+    wo = {g: sorted((a for a in all_arms if a.group == g and a.source == "none" and a.safety_n), key=lambda a: a.safety_n or 0) for g in groups}  # fmt: skip
+    if not panels or not any(len({a.safety_n for a in w}) >= 2 for w in wo.values()):
+        return None
+    fig = _figure(4.6 * len(panels), 4.2)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    markers = {g: "osD^vPX*"[i % 8] for i, g in enumerate(groups)}
+
+    def point(ax: Any, a: A.Arm, xs: str, ys: str, color: str, marker: str, label: str | None) -> None:
+        cx, cy = A.rate(a, xs, judge), A.rate(a, ys, judge)
+        if cx is None or cy is None:
+            return
+        xl, xh = _err(cx)
+        yl, yh = _err(cy)
+        ax.errorbar(cx.value, cy.value, xerr=[[xl], [xh]], yerr=[[yl], [yh]], fmt=marker, color=color,
+                    capsize=2, ms=6, label=label)  # fmt: skip
+
+    for ax, ((xs, xn), (ys, yn)) in zip(axes, panels, strict=True):
+        for g in groups:
+            curve = [(A.rate(a, xs, judge), A.rate(a, ys, judge), a) for a in wo[g]]
+            curve = [(cx, cy, a) for cx, cy, a in curve if cx is not None and cy is not None]
+            if curve:
+                ax.plot(
+                    [c[0].value for c in curve],
+                    [c[1].value for c in curve],
+                    "-",
+                    color=SOURCE_COLOR["none"],
+                    lw=1,
+                )
+                for cx, cy, a in curve:
+                    ax.annotate(
+                        f"n={a.safety_n}",
+                        (cx.value, cy.value),
+                        fontsize=6,
+                        xytext=(3, 3),
+                        textcoords="offset points",
+                    )
+            for a in wo[g]:
+                point(ax, a, xs, ys, SOURCE_COLOR["none"], markers[g], None)
+            for a in all_arms:
+                if a.group != g or a.source not in ("base", "internal", "external"):
+                    continue
+                if a.source != "base" and a.gamma != max(
+                    b.gamma or 0 for b in all_arms if b.group == g and b.source == a.source
+                ):
+                    continue  # the TBR point is the arm with the most reflection (γ=1)
+                color = SOURCE_COLOR.get(a.source or "", "#8172b3")
+                point(ax, a, xs, ys, color, markers[g], f"{a.name}" + (f" ({g})" if len(groups) > 1 else ""))
+        ax.plot([], [], "-", marker="o", color=SOURCE_COLOR["none"], label="w/o, by safety samples n")
+        ax.set_xlabel(f"{xn} compliance ({xs}) ← safer")
+        ax.set_ylabel(f"{yn} compliance ({ys}) ↑ fewer false refusals")
+        ax.set_xlim(-0.02, None)
+        ax.set_ylim(-0.02, 1.05)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="lower right")
+    fig.suptitle("safety / over-refusal trade-off (95% intervals; seed means where several)", fontsize=9)
     fig.savefig(path)
     return path
 

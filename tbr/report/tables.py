@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tbr.report import arms as A
 from tbr.report.collect import GENERAL_COLUMNS, SAFETY_COLUMNS, Cell, Variant, _num, sort_key
 
 Value = Cell | str | None
@@ -25,9 +26,17 @@ def fmt(v: Value, ci: bool = True) -> str:
         return "—"
     if isinstance(v, str):
         return v
+    num = f"{v.value:+.2f}" if v.signed else f"{v.value:.2f}"
     if ci and v.lo is not None and v.hi is not None:
-        return f"{v.value:.2f} [{v.lo:.2f}, {v.hi:.2f}]"
-    return f"{v.value:.2f}"
+        num += f" [{v.lo:+.2f}, {v.hi:+.2f}]" if v.signed else f" [{v.lo:.2f}, {v.hi:.2f}]"
+    return num + seeds_text(v)
+
+
+def seeds_text(v: Cell) -> str:
+    """' (3 seeds, sd 0.03)' for a cell aggregated over seeds; '' otherwise."""
+    if not v.seeds or v.seeds < 2:
+        return ""
+    return f" ({v.seeds} seeds" + (f", sd {v.sd:.2f})" if v.sd is not None else ")")
 
 
 def gamma_text(g: float | None) -> str:
@@ -74,17 +83,32 @@ def column_judge(suite: str, label: str, judge: str | None, judges: dict[str, st
     return judges.get(suite) or judges.get(label) or judge
 
 
+def _column_judges(
+    variants: list[Variant], judge: str | None, judges: dict[str, str] | None
+) -> tuple[list[tuple[str, str]], list[str | None]]:
+    safety = _safety_columns(variants)
+    return safety, [column_judge(s, _label(variants, s, h), judge, judges) for h, s in safety]
+
+
+SEEDS_NOTE = (
+    " An arm trained with several seeds shows the mean over its seeds with a 95% bootstrap interval "
+    "(seeds resampled, then prompts; 2,000 draws, seeded), the number of seeds and the across-seed "
+    "standard deviation; its general columns are the seeds' mean and sd, without an interval."
+)
+
+
 def table3(variants: list[Variant], judge: str | None = None, judges: dict[str, str] | None = None) -> Table:
     """`judges` picks a judge per column ({safe: keyword, unsafe: guard} is the paper's protocol:
-    refusal keywords on the safe suites, Llama Guard's harmfulness on XS-H and Mal)."""
-    safety = _safety_columns(variants)
+    refusal keywords on the safe suites, Llama Guard's harmfulness on XS-H and Mal). One row per arm:
+    an arm with several seeds is aggregated over them (tbr.report.arms)."""
+    safety, used = _column_judges(variants, judge, judges)
     header = ["model", "setting"] + [h for h, _ in safety] + [h for h, _, _ in GENERAL_COLUMNS]
-    used = [column_judge(s, _label(variants, s, h), judge, judges) for h, s in safety]
     rows: list[list[Value]] = []
-    for v in sorted(variants, key=sort_key):
-        row: list[Value] = [v.group, v.name]
-        row += [v.rate(suite, j) for (_, suite), j in zip(safety, used, strict=True)]
-        row += [v.metric(task, key) for _, task, key in GENERAL_COLUMNS]
+    all_arms = A.arms(variants)
+    for a in all_arms:
+        row: list[Value] = [a.group, a.name]
+        row += [A.rate(a, suite, j) for (_, suite), j in zip(safety, used, strict=True)]
+        row += [A.metric(a, task, key) for _, task, key in GENERAL_COLUMNS]
         rows.append(row)
     named = ", ".join(f"{h} {j or 'each eval’s first'}" for (h, _), j in zip(safety, used, strict=True))
     note = (
@@ -96,7 +120,51 @@ def table3(variants: list[Variant], judge: str | None = None, judges: dict[str, 
         "accuracies, also with 95% Wilson intervals over the questions scored (±1.96·stderr where "
         "lm-eval gives no count). — = not measured."
     )
+    if any(a.seeds > 1 for a in all_arms):
+        note += SEEDS_NOTE
     return Table("Table 3 layout: safety and general performance", header, rows, note)
+
+
+def per_seed(
+    variants: list[Variant], judge: str | None = None, judges: dict[str, str] | None = None
+) -> Table | None:
+    """Each seed's model on its own (Wilson intervals): shown when some arm has several seeds."""
+    if all(a.seeds == 1 for a in A.arms(variants)):
+        return None
+    safety, used = _column_judges(variants, judge, judges)
+    header = ["setting", "seed"] + [h for h, _ in safety] + [h for h, _, _ in GENERAL_COLUMNS]
+    rows: list[list[Value]] = []
+    for v in sorted(variants, key=sort_key):
+        row: list[Value] = [v.arm, "—" if v.seed is None else str(v.seed)]
+        row += [v.rate(suite, j) for (_, suite), j in zip(safety, used, strict=True)]
+        row += [v.metric(task, key) for _, task, key in GENERAL_COLUMNS]
+        rows.append(row)
+    return Table("Each seed's model", header, rows, "Per model, 95% Wilson intervals (judges as in Table 3).")
+
+
+def differences(
+    variants: list[Variant], judge: str | None = None, judges: dict[str, str] | None = None
+) -> Table | None:
+    """Arm differences with paired intervals: each trained arm minus w/o, external minus internal."""
+    all_arms = A.arms(variants)
+    pairs = A.comparisons(all_arms)
+    if not pairs:
+        return None
+    safety, used = _column_judges(variants, judge, judges)
+    rows: list[list[Value]] = []
+    for a, b in pairs:
+        cells = [A.difference(a, b, suite, j) for (_, suite), j in zip(safety, used, strict=True)]
+        if any(c is not None for c in cells):
+            rows.append([a.group, f"{a.name} − {b.name}"] + cells)
+    if not rows:
+        return None
+    note = (
+        "Difference in compliance rate, a − b, on the prompts both arms answered, with a paired 95% "
+        "bootstrap interval: one draw resamples the prompt indices jointly for both arms (and the "
+        "seeds, paired by position, when both have several), 2,000 draws, seeded. An interval that "
+        "excludes 0 is a difference this run can resolve. Read from each eval's samples.jsonl."
+    )
+    return Table("Arm differences (paired)", ["model", "a − b"] + [h for h, _ in safety], rows, note)
 
 
 def per_type(variants: list[Variant], suites: list[str], judge: str | None = None) -> Table | None:
@@ -172,3 +240,29 @@ def general_details(variants: list[Variant]) -> Table | None:
         rows.append([v.name] + [v.metric(t, k) for t, k in cols])
     header = ["variant"] + [f"{t} {k}" for t, k in cols]
     return Table("General benchmarks: all metrics (95% intervals)", header, rows)
+
+
+def gate(variants: list[Variant], judge: str | None = None) -> Table | None:
+    """Does a reflection still lead to an answer? Per arm and safe suite: how often the model reflected,
+    and how often a reflected prompt was then answered (the "gate" of docs/choices.md §10)."""
+    rows: list[list[Value]] = []
+    suites = dict.fromkeys(s for v in variants for s in v.suites())
+    unsafe_name = ("-unsafe", "-toxic", "malicious-instruct")
+    safe = [s for s in suites if _label(variants, s, s + ("↓" if s.endswith(unsafe_name) else "")) == "safe"]
+    for a in A.arms(variants):
+        if a.source not in ("internal", "external") or not a.gamma:
+            continue
+        cells: list[Value] = []
+        for suite in safe:
+            cells += list(A.gate(a, suite, judge))
+        if any(c is not None for c in cells):
+            rows.append([a.group, a.name] + cells)
+    if not rows:
+        return None
+    header = ["model", "setting"] + [h for s in safe for h in (f"{s} reflected", f"{s} answered | reflected")]
+    note = (
+        "reflected: share of the suite's judged prompts whose response opened with a reflection; answered | "
+        "reflected: share of those the model then answered (0 = the reflection acts as a refusal gate). "
+        "95% Wilson intervals for one seed; the seeds' mean and sd for several."
+    )
+    return Table("Reflection gate on the safe suites", header, rows, note)

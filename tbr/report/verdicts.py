@@ -1,12 +1,7 @@
-"""Tables read from the per-sample verdicts (samples.jsonl) rather than from results.json.
-
-Two questions need the samples themselves:
-- where do the judges disagree? A rate can match across two judges while they disagree on
-  individual answers, so each pair is counted answer by answer (binary: compliance vs refusal,
-  judge errors left out, as in the rates);
-- does a reflection gate the answer? In a TBR model every training reflection precedes a refusal,
-  so a reflection may become a refusal switch (docs/results.md). The gate table splits each suite's
-  compliance by whether the response opened with a reflection.
+"""Where do the judges disagree? Read from the per-sample verdicts (samples.jsonl), not results.json:
+two judges can give the same rate while disagreeing on individual answers, so each pair is counted
+answer by answer (binary: compliance vs refusal, judge errors left out, as in the rates). The
+reflection gate, also read from the samples, is in tbr.report.arms (it aggregates over seeds).
 """
 
 from __future__ import annotations
@@ -74,29 +69,4 @@ def judge_disagreements(variants: list[Variant]) -> Table | None:
         header,
         rows,
         note="Binary verdicts (compliance vs refusal) compared answer by answer; judge errors are left out.",
-    )
-
-
-def reflection_gate(variants: list[Variant], judge: str | None = None) -> Table | None:
-    """Per variant and suite: the share of reflected responses that are then answered, beside the
-    share of unreflected ones. A gate shows as ~0 answered after a reflection on safe prompts."""
-    rows: list[list[Value]] = []
-    for v in sorted((v for v in variants if v.eval_dir is not None), key=sort_key):
-        j = judge or (v.judges[0] if v.judges else None)
-        for suite, samples in _by_suite(v).items():
-            refl = [c for s in samples if s.get("reflection") and (c := _complied(s, j)) is not None]
-            plain = [c for s in samples if not s.get("reflection") and (c := _complied(s, j)) is not None]
-            if not refl:
-                continue  # a model that never reflects has no gate to measure
-            label = samples[0].get("label") or "?"
-            rows.append([v.name, suite, str(label), f"{len(refl)}/{len(refl) + len(plain)}",
-                         _rate(sum(refl), len(refl)), _rate(sum(plain), len(plain))])  # fmt: skip
-    if not rows:
-        return None
-    return Table(
-        "Reflection gate: compliance after a reflection vs without one",
-        ["variant", "suite", "label", "reflected", "answered after a reflection", "answered without one"],
-        rows,
-        note="Compliance rates with 95% Wilson intervals under the primary judge. On safe prompts, "
-        "a rate near 0 after a reflection means the reflection acts as a refusal switch.",
     )

@@ -1,5 +1,4 @@
-"""tbr.report.verdicts on an eval dir written here: judges compared answer by answer, and the
-reflection gate (compliance after a reflection vs without one)."""
+"""tbr.report.verdicts on an eval dir written here: judges compared answer by answer."""
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ from pathlib import Path
 
 from tbr.report import report
 from tbr.report.collect import collect
-from tbr.report.verdicts import judge_disagreements, reflection_gate
+from tbr.report.verdicts import judge_disagreements
 
 
 def _verdict(label: str, error: str | None = None) -> dict:
@@ -52,30 +51,7 @@ def test_judges_compared_answer_by_answer_without_errors(tmp_path: Path) -> None
     assert row[1:] == ["xstest-safe", "keyword: 0.50", "0.40 (2/5 differ)"]
 
 
-def test_reflection_gate_splits_compliance_by_reflection(tmp_path: Path) -> None:
-    _, variants = collect([_eval_dir(tmp_path)])
-    t = reflection_gate(variants)
-    assert t is not None
-    (row,) = t.rows
-    assert row[1:4] == ["xstest-safe", "safe", "4/6"]
-    after, without = row[4], row[5]
-    assert (after.value, after.n) == (0.25, 4) and (without.value, without.n) == (1.0, 2)
-    assert after.lo is not None and after.lo < 0.25 < after.hi
-    # under the second judge the error row drops out of the unreflected side
-    t2 = reflection_gate(variants, judge="learned")
-    assert t2 is not None and (t2.rows[0][5].value, t2.rows[0][5].n) == (1.0, 1)
-
-
-def test_no_gate_table_for_a_model_that_never_reflects(tmp_path: Path) -> None:
-    d = _eval_dir(tmp_path)
-    rows = [json.loads(x) for x in (d / "samples.jsonl").read_text().splitlines()]
-    (d / "samples.jsonl").write_text("".join(json.dumps({**r, "reflection": None}) + "\n" for r in rows))
-    _, variants = collect([d])
-    assert reflection_gate(variants) is None
-
-
-def test_report_shows_both_tables(tmp_path: Path) -> None:
+def test_report_shows_the_judges_side_by_side(tmp_path: Path) -> None:
     report([str(_eval_dir(tmp_path))], str(tmp_path / "out"))
     md = (tmp_path / "out" / "report.md").read_text()
     assert "## Judges side by side" in md and "| keyword: 0.50 | 0.40 (2/5 differ) |" in md
-    assert "## Reflection gate" in md and "| 4/6 | 0.25 [" in md
