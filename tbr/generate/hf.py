@@ -41,6 +41,7 @@ from tbr.generate.base import (
     cut_at_stop,
     render_text,
 )
+from tbr.generate.kv import preallocated_cache
 from tbr.io import stable_hash
 from tbr.models import ModelRef, eos_token_ids, load
 
@@ -104,7 +105,12 @@ class TransformersBackend:
         progress: bool = True,
         loaded: tuple[Any, Any, ModelRef] | None = None,
         max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
+        kv_cache: str = "preallocated",
     ):
+        # "dynamic" (transformers' DynamicCache) is kept for the benchmark's before/after row; both give
+        # the same values, so it is not part of identity().
+        if kv_cache not in ("preallocated", "dynamic"):
+            raise ConfigError(f"kv_cache must be 'preallocated' or 'dynamic', got {kv_cache!r}")
         self.model, self.tokenizer, self.ref = loaded or load(model, dtype=dtype, device=device)
         self.model_id = self.ref.name
         self.weights_hash = self.ref.weights_hash
@@ -113,6 +119,7 @@ class TransformersBackend:
         self.batch_size = batch_size
         self.max_prompt_tokens = max_prompt_tokens
         self.progress = progress
+        self.kv_cache = kv_cache
         self.tokenizer.padding_side = "left"  # decoder-only: new tokens must follow the prompt directly
         self.eos_ids = eos_token_ids(self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id)
 
@@ -223,7 +230,11 @@ class TransformersBackend:
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=dev)
         # Same positions as model.generate: count real tokens only, so left padding changes nothing.
         pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        cache = DynamicCache(config=self.model.config)
+        # Allocated once for the whole answer: DynamicCache would copy itself every step (tbr.generate.kv).
+        if self.kv_cache == "dynamic":
+            cache = DynamicCache(config=self.model.config)
+        else:
+            cache = preallocated_cache(self.model.config, width + params.max_new_tokens)
         eos = torch.tensor(self.eos_ids, device=dev)
         rows = list(range(len(prompts)))  # batch position -> caller's row
         new: list[list[int]] = [[] for _ in prompts]
