@@ -18,9 +18,9 @@ Where the time goes on a CPU (measured in benchmarks/README.md, "Generation"), a
   * chat turns cannot be forged: message contents are tokenized as text (split_special_tokens), and
     only the template around them yields special tokens (encode_chat);
   * KV cache: allocated once per batch for prompt + max_new_tokens and written in place
-    (tbr.generate.kv). transformers' DynamicCache concatenates every step, and that copy was 17-31% of a
-    batch-64 decode step in the profile (issue 14, benchmarks/README.md); the rest is the weight
-    matmuls (51-65%, a fifth of it the 49k-row LM head) and attention (11-19%);
+    (tbr.generate.kv). transformers' DynamicCache concatenates every step; that copy was 17-31% of a
+    batch-64 decode step in the profiler, 0-11% end to end (issue 14, benchmarks/README.md). The
+    rest is the weight matmuls (51-65%, a fifth of it the 49k-row LM head) and attention (11-19%);
   * dtype: bf16 only where the CPU has native bf16 (avx512_bf16/AMX). Emulated bf16 was 3-4x slower
     than fp32 on an AVX2-only CPU.
 """

@@ -1,8 +1,8 @@
 """A KV cache that is allocated once per batch and written in place.
 
 transformers' `DynamicCache` grows by `torch.cat` every decode step: each step copies the whole cache of
-every layer (for a 64-row SmolLM2 batch of ~170 tokens that is ~0.5 GB of copying per step, 17% of a
-decode step's CPU time in the profile in benchmarks/README.md). A `StaticCache` avoids the copy but
+every layer (for a 64-row SmolLM2 batch of ~170 tokens that is ~0.5 GB of copying per step; 17-31%
+of a decode step in the profiler, 0-11% measured end to end: benchmarks/README.md, issue 14). A `StaticCache` avoids the copy but
 attends over its full length from the first step on (padding masked, but computed). This layer does
 neither: it allocates prompt + max_new_tokens positions once and hands attention a view of the
 filled part only. Values and their order are the same as with `DynamicCache`, so are greedy outputs
