@@ -1,18 +1,25 @@
-"""Batched generation vs. a one-prompt-at-a-time loop vs. lm-evaluation-harness, in one run.
+"""tbr's generation vs. lm-evaluation-harness vs. a one-prompt-at-a-time loop, in one run.
 
-Same XSTest prompts (chat template), greedy, same max_new_tokens for every method. Methods:
-  naive        model.generate one prompt at a time (no batching, no padding), fp32
-  hf-sorted    the plain length-sorted batch loop around model.generate (what tbr did before)
-  lmeval       lm-evaluation-harness's HF backend, `generate_until`, batch 16
-  tbr          tbr.generate.hf.TransformersBackend (our decode loop: finished rows leave the batch)
+Same XSTest prompts (chat template), greedy, same max_new_tokens for every method, one torch thread by
+default. Methods (fp32 unless the name says bf16):
+  lmeval-bN          lm-evaluation-harness's HF backend, `generate_until`, batch N; batch sizes are
+                     tried in order until a bigger one stops paying, so its best setting is in the table
+  tbr-bN             tbr.generate.hf.TransformersBackend (own decode loop: finished rows leave the
+                     batch, KV cache allocated once per batch)
+  tbr-dyncache-bN    the same loop with transformers' DynamicCache (what tbr did before issue 14)
+  naive-b1           model.generate one prompt at a time (no batching, no padding)
+  *-bf16             lm-eval and tbr at their best fp32 batch size in bf16, on --bf16-n prompts
+                     (emulated, and slow, on CPUs without avx512_bf16/AMX: meta.native_bf16)
+  hf-sorted-b16      the plain length-sorted loop around model.generate (only with --methods)
 
 Generated tokens are counted the same way for every method, from the output text: its tokens plus
 the EOS when it stopped before the limit (capped at max_new_tokens). Greedy outputs are compared at
 the same dtype. Timings are wall clock *and* process CPU time: on a shared machine the CPU time of a
 single-threaded run is the steadier measure (it does not count time spent waiting for a core).
 
-    python benchmarks/generation.py                 # the full run (~15 min on 2 idle cores)
+    python benchmarks/generation.py                 # the full run (make bench); prints the table
     python benchmarks/generation.py --quick         # smoke test: 8 prompts, 16 tokens
+    python benchmarks/generation.py --table benchmarks/results/generation.json   # table of a past run
 """
 
 from __future__ import annotations
@@ -94,9 +101,45 @@ def run_lmeval(model, tok, texts, max_new, bs):
     return lm.generate_until(reqs, disable_tqdm=True)
 
 
-def run_tbr(model, tok, ref, convs, max_new, bs):
-    be = TransformersBackend(ref.name, batch_size=bs, progress=False, loaded=(model, tok, ref))
+def run_tbr(model, tok, ref, convs, max_new, bs, kv_cache="preallocated"):
+    be = TransformersBackend(
+        ref.name, batch_size=bs, progress=False, loaded=(model, tok, ref), kv_cache=kv_cache
+    )
     return be.generate(convs, SamplingParams(max_new_tokens=max_new))
+
+
+def cpu_info() -> dict:
+    """The CPU model and the vector/matrix flags that decide which dtype is native."""
+    name, flags = platform.processor() or platform.machine(), []
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name in ("", platform.machine()):
+                name = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = sorted(
+                    f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "fma", "amx"))
+                )
+                break
+    except OSError:  # not Linux: the model name from platform is all we have
+        pass
+    return {"cpu": name, "cpu_flags": flags, "native_bf16": cpu_supports_bf16()}
+
+
+def table(doc: dict) -> str:
+    """The results as a markdown table, each row against lm-eval's best fp32 setting."""
+    res, summ = doc["results"], doc.get("summary") or {}
+    base = summ.get("best_lmeval_fp32")
+    lines = [
+        "| method | dtype | prompts | tok / CPU-s | tok/s wall | ÷ best lm-eval fp32 |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name, r in res.items():
+        rel = f"{r['tok_per_cpu_s'] / res[base]['tok_per_cpu_s']:.2f}×" if base in res else "–"
+        emu = " (emulated)" if r["dtype"] == "bf16" and not doc["meta"].get("native_bf16") else ""
+        lines.append(
+            f"| {name} | {r['dtype']}{emu} | {r['prompts']} | {r['tok_per_cpu_s']:.1f} | {r['tok_per_s']:.1f} | {rel} |"
+        )
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -107,66 +150,52 @@ def main() -> None:
     ap.add_argument("--data-dir", default=os.environ.get("TBR_DATA_DIR", str(shared)))
     ap.add_argument("--n", type=int, default=64, help="XSTest prompts")
     ap.add_argument("--max-new-tokens", type=int, default=128)
-    ap.add_argument("--naive-n", type=int, default=8, help="prompts for the slow one-at-a-time loop")
-    ap.add_argument("--bf16-n", type=int, default=16, help="prompts for the (emulated here) bf16 runs")
-    ap.add_argument("--tbr-batch-sizes", default="16,32,64")
+    ap.add_argument("--naive-n", type=int, default=4, help="prompts for the slow one-at-a-time loop")
+    ap.add_argument("--bf16-n", type=int, default=8, help="prompts for the bf16 runs (slow where emulated)")
+    ap.add_argument(
+        "--lmeval-batch-sizes",
+        default="16,64,128",
+        help="tried in order; stops at the first that is not faster than the one before",
+    )
+    ap.add_argument("--tbr-batch-sizes", default="64,128")
     ap.add_argument("--suffix", default="", help="appended to every prompt (e.g. ask for short answers)")
     ap.add_argument("--methods", default="", help="comma-separated subset of the method names (default all)")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time is comparable)")
     ap.add_argument("--quick", action="store_true", help="8 prompts, 16 new tokens: a smoke test")
+    ap.add_argument("--table", metavar="JSON", help="only print the table of an earlier run's results file")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "generation.json"))
     a = ap.parse_args()
+    if a.table:
+        print(table(json.loads(Path(a.table).read_text())))
+        return
     if a.quick:
-        a.n, a.max_new_tokens, a.naive_n, a.bf16_n = 8, 16, 2, 8
+        a.n, a.max_new_tokens, a.naive_n, a.bf16_n = 8, 16, 2, 4
+        a.lmeval_batch_sizes, a.tbr_batch_sizes = "4,8", "8"
         if a.out == ap.get_default("out"):  # a smoke run never replaces the committed results
             a.out = str(Path(tempfile.gettempdir()) / "tbr-generation-quick.json")
     torch.set_num_threads(a.threads)
     prompts = xstest_prompts(a.data_dir, a.n)
     convs = [chat(p + a.suffix) for p in prompts]
-    tbr_bs = [int(b) for b in a.tbr_batch_sizes.split(",")]
 
-    models = {}
-    for dt in ("fp32", "bf16"):
-        models[dt] = load(a.model, dtype=dt, device="cpu")
+    # A batch above the prompt count is the same run as one of exactly n: keep only the first such size.
+    def sizes(spec: str) -> list[int]:
+        bs = [int(b) for b in spec.split(",")]
+        return [b for i, b in enumerate(bs) if i == 0 or bs[i - 1] < a.n]
+
+    lm_bs, tbr_bs = sizes(a.lmeval_batch_sizes), sizes(a.tbr_batch_sizes)
+    wanted = set(a.methods.split(",")) if a.methods else None
+
+    models = {dt: load(a.model, dtype=dt, device="cpu") for dt in ("fp32", "bf16")}
     for _, t, _ in models.values():
         t.padding_side = "left"  # decoder-only batches are left-padded (lm-eval sets this itself)
     tok, ref = models["fp32"][1], models["fp32"][2]
     texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in convs]
+    (m32, _, _), (m16, t16, _) = models["fp32"], models["bf16"]
+    n16 = min(a.n, a.bf16_n)
 
     def count(text: str) -> int:  # same rule for every method: text tokens + EOS, capped
         return min(a.max_new_tokens, len(tok(text.strip(), add_special_tokens=False)["input_ids"]) + 1)
 
-    # (name, dtype, number of prompts, function). The plain sorted loop only runs in fp32: it is there to
-    # separate what our decode loop buys from what batching buys.
-    m32, m16 = models["fp32"][0], models["bf16"][0]
-    n16 = min(a.n, a.bf16_n)
-    plan = [
-        ("lmeval-b16-fp32", "fp32", a.n, lambda: run_lmeval(m32, tok, texts, a.max_new_tokens, 16)),
-        ("hf-sorted-b16-fp32", "fp32", a.n, lambda: run_hf_sorted(m32, tok, texts, a.max_new_tokens, 16)),
-    ]
-    for bs in tbr_bs:
-        plan.append(
-            (
-                f"tbr-b{bs}-fp32",
-                "fp32",
-                a.n,
-                lambda bs=bs: run_tbr(m32, tok, ref, convs, a.max_new_tokens, bs),
-            )
-        )
-    t16 = models["bf16"][1]
-    plan += [
-        ("lmeval-b16-bf16", "bf16", n16, lambda: run_lmeval(m16, t16, texts[:n16], a.max_new_tokens, 16)),
-        ("tbr-b16-bf16", "bf16", n16, lambda: run_tbr(m16, t16, ref, convs[:n16], a.max_new_tokens, 16)),
-        (
-            "naive-b1-fp32",
-            "fp32",
-            a.naive_n,
-            lambda: run_naive(m32, tok, texts[: a.naive_n], a.max_new_tokens),
-        ),
-    ]
-
-    if a.methods:
-        plan = [p for p in plan if p[0] in a.methods.split(",")]
     meta = {
         "model": a.model,
         "prompts": a.n,
@@ -174,22 +203,21 @@ def main() -> None:
         "max_new_tokens": a.max_new_tokens,
         "threads": a.threads,
         "quick": a.quick,
-        "cpu": platform.processor() or platform.machine(),
-        "native_bf16": cpu_supports_bf16(),
+        **cpu_info(),
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict] = {}
 
     def save(summary: dict | None = None) -> None:  # after every method: a crash keeps what was measured
         slim = {k: {**r, "outputs": r["outputs"][:3]} for k, r in results.items()}
         doc = {"meta": meta, "summary": summary, "results": slim}
         Path(a.out).write_text(json.dumps(doc, indent=1) + "\n")
 
-    # Warm-up (first calls allocate and pick kernels), then one timed pass per method.
-    run_tbr(m32, tok, ref, convs[:2], 4, 2)
-    results = {}
-    for name, dt, n, fn in plan:
+    def measure(name: str, dt: str, n: int, fn) -> float | None:
+        if wanted is not None and name not in wanted:
+            return None
         with Timer() as tm:
             outs = fn()
         toks = sum(count(o) for o in outs)
@@ -207,60 +235,102 @@ def main() -> None:
             "outputs": [o.strip() for o in outs],
         }
         print(
-            f"{name:20} n={n:3d} {toks:6d} tok  {tm.wall:7.1f} s wall {toks / tm.wall:7.1f} tok/s   "
+            f"{name:24} n={n:3d} {toks:6d} tok  {tm.wall:7.1f} s wall {toks / tm.wall:7.1f} tok/s   "
             f"{tm.cpu:7.1f} s cpu {toks / tm.cpu:7.1f} tok/cpu-s  load {load1:.1f}",
             flush=True,
         )
         save()
+        return toks / tm.cpu
+
+    # Warm-up (first calls allocate and pick kernels), then one timed pass per method.
+    run_tbr(m32, tok, ref, convs[:2], 4, 2)
+    # lm-eval: bigger batches until one stops paying, so its row is its best setting on this machine.
+    prev = 0.0
+    for bs in lm_bs:
+        got = measure(
+            f"lmeval-b{bs}-fp32", "fp32", a.n, lambda bs=bs: run_lmeval(m32, tok, texts, a.max_new_tokens, bs)
+        )
+        if got is not None and got <= prev:
+            break
+        prev = max(prev, got or 0.0)
+    for bs in tbr_bs:
+        measure(
+            f"tbr-b{bs}-fp32", "fp32", a.n, lambda bs=bs: run_tbr(m32, tok, ref, convs, a.max_new_tokens, bs)
+        )
+    # The same loop with transformers' DynamicCache: what the preallocated KV cache buys, same batches.
+    b0 = tbr_bs[0]
+    measure(
+        f"tbr-dyncache-b{b0}-fp32",
+        "fp32",
+        a.n,
+        lambda: run_tbr(m32, tok, ref, convs, a.max_new_tokens, b0, kv_cache="dynamic"),
+    )
+    measure(
+        "naive-b1-fp32", "fp32", a.naive_n, lambda: run_naive(m32, tok, texts[: a.naive_n], a.max_new_tokens)
+    )
+    if wanted and "hf-sorted-b16-fp32" in wanted:  # the old plain loop: only when asked for by name
+        measure(
+            "hf-sorted-b16-fp32", "fp32", a.n, lambda: run_hf_sorted(m32, tok, texts, a.max_new_tokens, 16)
+        )
+
+    def best(prefix: str, dt: str) -> str | None:
+        keys = [k for k in results if k.startswith(prefix) and k.endswith(f"-{dt}") and "dyncache" not in k]
+        return max(keys, key=lambda k: results[k]["tok_per_cpu_s"], default=None)
+
+    best_lm, best_tbr = best("lmeval-b", "fp32"), best("tbr-b", "fp32")
+    # bf16 at each method's best fp32 batch size (on fewer prompts where bf16 is emulated).
+    lm_b16 = int(best_lm.split("-")[1][1:]) if best_lm else lm_bs[-1]
+    tbr_b16 = int(best_tbr.split("-")[1][1:]) if best_tbr else tbr_bs[-1]
+    measure(
+        f"lmeval-b{lm_b16}-bf16",
+        "bf16",
+        n16,
+        lambda: run_lmeval(m16, t16, texts[:n16], a.max_new_tokens, lm_b16),
+    )
+    measure(
+        f"tbr-b{tbr_b16}-bf16",
+        "bf16",
+        n16,
+        lambda: run_tbr(m16, t16, ref, convs[:n16], a.max_new_tokens, tbr_b16),
+    )
 
     # Output equality at the same dtype, over the prompts both methods ran.
-    def match(x: str, y: str) -> dict | None:
+    def match(x: str | None, y: str | None) -> dict | None:
         if x not in results or y not in results:
             return None
         ox, oy = results[x]["outputs"], results[y]["outputs"]
         k = min(len(ox), len(oy))
         return {"pair": [x, y], "prompts": k, "identical": sum(ox[i] == oy[i] for i in range(k))}
 
-    best_tbr = max(
-        (f"tbr-b{b}-fp32" for b in tbr_bs if f"tbr-b{b}-fp32" in results),
-        key=lambda k: results[k]["tok_per_cpu_s"],
-    )
-    checks = [
-        match(best_tbr, "lmeval-b16-fp32"),
-        match(best_tbr, "hf-sorted-b16-fp32"),
-        match("tbr-b16-fp32", "naive-b1-fp32"),
-        match("tbr-b16-bf16", "lmeval-b16-bf16"),
+    others = [k for k in results if k not in (best_tbr,) and k.endswith("-fp32")]
+    checks = [match(best_tbr, k) for k in others]
+    checks += [
+        match(f"tbr-b{tbr_b16}-bf16", f"lmeval-b{lm_b16}-bf16"),
+        match(f"tbr-b{tbr_b16}-bf16", best_tbr),
     ]
-    checks += [match(f"tbr-b{b}-fp32", "tbr-b16-fp32") for b in tbr_bs if b != 16]
     checks = [c for c in checks if c]
 
-    def ratio(x: str, y: str, key: str) -> float | None:
+    def ratio(x: str | None, y: str | None, key: str) -> float | None:
         if x not in results or y not in results:
             return None
         return round(results[x][key] / results[y][key], 2)
 
-    best_lmeval = max(
-        (k for k in ("lmeval-b16-fp32", "lmeval-b16-bf16") if k in results),
-        key=lambda k: results[k]["tok_per_cpu_s"],
-        default=None,
-    )
-    ratios = {
-        f"{best_tbr} / {y}": {
-            "wall": ratio(best_tbr, y, "tok_per_s"),
-            "cpu": ratio(best_tbr, y, "tok_per_cpu_s"),
-        }
-        for y in ("naive-b1-fp32", "lmeval-b16-fp32", "lmeval-b16-bf16", "hf-sorted-b16-fp32", "tbr-b16-fp32")
-    }
     summary = {
-        "best_tbr": best_tbr,
-        "best_lmeval": best_lmeval,
-        "tbr_vs_best_lmeval": ratios.get(f"{best_tbr} / {best_lmeval}"),
-        "ratios": ratios,
+        "best_tbr_fp32": best_tbr,
+        "best_lmeval_fp32": best_lm,
+        "tbr_vs_best_lmeval_fp32": {
+            "cpu": ratio(best_tbr, best_lm, "tok_per_cpu_s"),
+            "wall": ratio(best_tbr, best_lm, "tok_per_s"),
+        },
+        "ratios_cpu": {
+            f"{best_tbr} / {k}": ratio(best_tbr, k, "tok_per_cpu_s") for k in results if k != best_tbr
+        },
         "equality": checks,
     }
     for k, v in summary.items():
         print(k, json.dumps(v))
     save(summary)
+    print(table(json.loads(Path(a.out).read_text())))
     print("wrote", a.out)
 
 

@@ -17,6 +17,10 @@ Where the time goes on a CPU (measured in benchmarks/README.md, "Generation"), a
     cache reruns whole planned batches and a resumed run equals an uninterrupted one bit for bit;
   * chat turns cannot be forged: message contents are tokenized as text (split_special_tokens), and
     only the template around them yields special tokens (encode_chat);
+  * KV cache: allocated once per batch for prompt + max_new_tokens and written in place
+    (tbr.generate.kv). transformers' DynamicCache concatenates every step; that copy was 17-31% of a
+    batch-64 decode step in the profiler, 0-11% end to end (issue 14, benchmarks/README.md). The
+    rest is the weight matmuls (51-65%, a fifth of it the 49k-row LM head) and attention (11-19%);
   * dtype: bf16 only where the CPU has native bf16 (avx512_bf16/AMX). Emulated bf16 was 3-4x slower
     than fp32 on an AVX2-only CPU.
 """
@@ -41,6 +45,7 @@ from tbr.generate.base import (
     cut_at_stop,
     render_text,
 )
+from tbr.generate.kv import preallocated_cache
 from tbr.io import stable_hash
 from tbr.models import ModelRef, eos_token_ids, load
 
@@ -104,7 +109,12 @@ class TransformersBackend:
         progress: bool = True,
         loaded: tuple[Any, Any, ModelRef] | None = None,
         max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
+        kv_cache: str = "preallocated",
     ):
+        # "dynamic" (transformers' DynamicCache) is kept for the benchmark's before/after row; both give
+        # the same values, so it is not part of identity().
+        if kv_cache not in ("preallocated", "dynamic"):
+            raise ConfigError(f"kv_cache must be 'preallocated' or 'dynamic', got {kv_cache!r}")
         self.model, self.tokenizer, self.ref = loaded or load(model, dtype=dtype, device=device)
         self.model_id = self.ref.name
         self.weights_hash = self.ref.weights_hash
@@ -113,6 +123,7 @@ class TransformersBackend:
         self.batch_size = batch_size
         self.max_prompt_tokens = max_prompt_tokens
         self.progress = progress
+        self.kv_cache = kv_cache
         self.tokenizer.padding_side = "left"  # decoder-only: new tokens must follow the prompt directly
         self.eos_ids = eos_token_ids(self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id)
 
@@ -223,7 +234,11 @@ class TransformersBackend:
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=dev)
         # Same positions as model.generate: count real tokens only, so left padding changes nothing.
         pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        cache = DynamicCache(config=self.model.config)
+        # Allocated once for the whole answer: DynamicCache would copy itself every step (tbr.generate.kv).
+        if self.kv_cache == "dynamic":
+            cache = DynamicCache(config=self.model.config)
+        else:
+            cache = preallocated_cache(self.model.config, width + params.max_new_tokens)
         eos = torch.tensor(self.eos_ids, device=dev)
         rows = list(range(len(prompts)))  # batch position -> caller's row
         new: list[list[int]] = [[] for _ in prompts]

@@ -1,0 +1,48 @@
+"""The preallocated KV cache holds exactly what transformers' DynamicCache holds, step by step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import DynamicCache, LlamaConfig
+from transformers.cache_utils import DynamicLayer
+
+from tbr.generate.kv import PreallocatedLayer, preallocated_cache
+
+
+def _steps(layer, gen: torch.Generator) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A prompt of 5 positions, 3 decode steps, rows 0 and 2 kept, 2 more steps (and one past capacity)."""
+    seen = []
+    b = 3
+    for i, n in enumerate([5, 1, 1, 1, "keep", 1, 1]):
+        if n == "keep":
+            layer.reorder_cache(torch.tensor([0, 2]))
+            b = 2
+            continue
+        k, v = torch.randn(b, 2, n, 4, generator=gen), torch.randn(b, 2, n, 4, generator=gen)
+        seen.append(tuple(t.clone() for t in layer.update(k, v)))
+        assert layer.get_seq_length() == seen[-1][0].shape[-2], i
+    return seen
+
+
+def test_same_keys_and_values_as_dynamic_layer():
+    want = _steps(DynamicLayer(), torch.Generator().manual_seed(0))
+    got = _steps(PreallocatedLayer(capacity=8), torch.Generator().manual_seed(0))  # 10 positions: grows once
+    assert len(got) == len(want)
+    for (gk, gv), (wk, wv) in zip(got, want, strict=True):
+        assert torch.equal(gk, wk) and torch.equal(gv, wv)
+
+
+def test_cache_for_a_config_replaces_full_attention_layers_only():
+    cfg = LlamaConfig(num_hidden_layers=2, hidden_size=16, num_attention_heads=2, intermediate_size=32)
+    cache = preallocated_cache(cfg, capacity=10)
+    assert isinstance(cache, DynamicCache)
+    assert [type(layer) for layer in cache.layers] == [PreallocatedLayer, PreallocatedLayer]
+
+
+def test_unknown_kv_cache_is_a_config_error():
+    from tbr.errors import ConfigError
+    from tbr.generate.hf import TransformersBackend
+
+    with pytest.raises(ConfigError, match="kv_cache"):  # checked before any model loads
+        TransformersBackend("no-such-model", kv_cache="paged")
