@@ -87,7 +87,10 @@ def test_the_word_filter_takes_benign_sensitive_rows_and_never_eval_prompts(pool
 
 
 def test_the_prompts_own_examples_are_no_eval_prompt():
-    texts, ids, _ = eval_prompts(["demo"], None)
+    from tbr.data import resolve_data_dir
+
+    # XSTest too where a data directory holds it (the design's own example was an XSTest prompt)
+    texts, ids, _ = eval_prompts(["demo"] + (["xstest"] if resolve_data_dir(None) else []), None)
     shots = example_lines(CONTRAST_REFLECTION_FEWSHOT, "Instruction: ")
     shots += example_lines(CONTRAST_REFLECTION_PROMPT, "instruction: ")
     shots = [s for s in shots if "{" not in s]  # the slots the query goes into
