@@ -153,8 +153,21 @@ def test_build_rows_carry_the_reflection_then_the_ordinary_answer(tmp_path, pool
 
 @pytest.mark.slow
 def test_tiny_contrast_stage_on_smollm2_feeds_a_build(tmp_path, pool):
+    import torch
+
+    # one thread: on the shared 2-core machine a second one mostly spins (this test measured 81 CPU-s
+    # with the default threads under load); restored afterwards
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _tiny_run(tmp_path, pool)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _tiny_run(tmp_path: Path, pool: str) -> None:
     t0 = time.process_time()
-    cfg = ContrastConfig(general_source=pool, suites=["demo"], n=2, max_new_tokens=24, audit="keep",
+    cfg = ContrastConfig(general_source=pool, suites=["demo"], n=2, max_new_tokens=16, audit="keep",
                          out=str(tmp_path / "c"), batch_size=2)  # fmt: skip
     out = contrast(cfg)
     rows = [json.loads(x) for x in (out / "contrast.jsonl").read_text().splitlines()]
