@@ -156,7 +156,7 @@ def test_tiny_contrast_stage_on_smollm2_feeds_a_build(tmp_path, pool):
     import torch
 
     # one thread: on the shared 2-core machine a second one mostly spins (this test measured 81 CPU-s
-    # with the default threads under load); restored afterwards
+    # with the default threads under load, 15 on one); restored afterwards
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
