@@ -71,31 +71,29 @@ def _words(text: str) -> list[str]:
 _COPY_N = 6
 
 
-def _example_ngrams() -> set[tuple[str, ...]]:
-    lines = [
-        ln.removeprefix("Explain: ")
-        for ln in INTERNAL_REFLECTION_FEWSHOT.splitlines()
-        if ln.startswith("Explain: ")
-    ]
-    lines += [
-        ln.removeprefix("revised output: ").split(" Therefore,")[0]
-        for ln in EXTERNAL_REFLECTION_PROMPT.splitlines()
-        if ln.startswith("revised output: ")
-    ]
+def example_lines(prompt: str, prefix: str) -> list[str]:
+    """The worked examples' reflections in a few-shot prompt: its lines after `prefix`."""
+    return [ln.removeprefix(prefix) for ln in prompt.splitlines() if ln.startswith(prefix)]
+
+
+def example_ngrams(lines: list[str]) -> frozenset[tuple[str, ...]]:
     grams = set()
     for ln in lines:
         w = _words(ln)
         start = 4 if w[:3] == ["this", "query", "asks"] else 0
         grams.update(tuple(w[i : i + _COPY_N]) for i in range(start, len(w) - _COPY_N + 1))
-    return grams
+    return frozenset(grams)
 
 
-_EXAMPLE_NGRAMS = _example_ngrams()
+_EXAMPLE_NGRAMS = example_ngrams(
+    example_lines(INTERNAL_REFLECTION_FEWSHOT, "Explain: ")
+    + [ln.split(" Therefore,")[0] for ln in example_lines(EXTERNAL_REFLECTION_PROMPT, "revised output: ")]
+)
 
 
-def copies_example(text: str) -> bool:
+def copies_example(text: str, grams: frozenset[tuple[str, ...]] = _EXAMPLE_NGRAMS) -> bool:
     w = _words(text)
-    return any(tuple(w[i : i + _COPY_N]) in _EXAMPLE_NGRAMS for i in range(len(w) - _COPY_N + 1))
+    return any(tuple(w[i : i + _COPY_N]) in grams for i in range(len(w) - _COPY_N + 1))
 
 
 def content_words(text: str) -> set[str]:
@@ -103,9 +101,15 @@ def content_words(text: str) -> set[str]:
 
 
 def audit_reflection(
-    reflection: str | None, instruction: str, *, max_words: int = 60, min_overlap: float = 0.2
+    reflection: str | None,
+    instruction: str,
+    *,
+    max_words: int = 60,
+    min_overlap: float = 0.2,
+    examples: frozenset[tuple[str, ...]] = _EXAMPLE_NGRAMS,
 ) -> list[str]:
-    """The AUDIT_FLAGS that apply to one reflection (an empty list means clean)."""
+    """The AUDIT_FLAGS that apply to one reflection (an empty list means clean). `examples`: the
+    n-grams of the prompt's worked examples (default: Figures 8 and 9)."""
     text = (reflection or "").strip()
     if not re.search(r"[A-Za-z0-9]", text):
         return ["empty"]
@@ -119,7 +123,7 @@ def audit_reflection(
     query = content_words(instruction)
     if query and len(query & content_words(text)) / len(query) < min_overlap:
         flags.append("off_topic")
-    if copies_example(text):
+    if copies_example(text, examples):
         flags.append("copies_example")
     low = text.lower()
     if any(s.lower() in low for s in PAPER_REFUSAL_STRINGS):

@@ -6,6 +6,10 @@ seeded hash of their id and the first round(γ·n) get one, so the γ=0.4 set is
 the safety prompts themselves are the same at every γ (only their targets change). The paper leaves this
 choice open (§2.5 of docs/paper.md).
 
+With --contrast DIR (a `tbr contrast` output; beyond the paper) the general rows drawn there carry their
+benign reflection, joined in the same format as the safety rows, before their ordinary answer
+(`kind: contrast`); they replace as many ordinary general rows.
+
 Output: DIR/train.jsonl (loadable with `datasets.load_dataset("json", ...)`; TRL prompt-completion rows,
 either the Figure 10 Alpaca strings or conversational messages) and DIR/manifest.json.
 """
@@ -38,6 +42,9 @@ class BuildConfig:
         1.0, "share of safety samples whose target carries a reflection (0 = baseline, 1 = TBR)"
     )
     reflections: str | None = opt(None, "a `tbr reflect` output dir (needed unless gamma is 0)")
+    contrast: str | None = opt(
+        None, "a `tbr contrast` output dir: its general rows get reflection + ordinary answer (kind contrast)"
+    )
     safety_source: str = opt(
         "stl-safety", "with gamma 0 and no --reflections: stl-safety, hh-rlhf, demo-safety or a file"
     )
@@ -134,18 +141,23 @@ def _safety_pool(cfg: BuildConfig) -> tuple[list[dict[str, Any]], list[Path], di
 
 
 def _general(cfg: BuildConfig) -> tuple[list[dict[str, Any]], list[Path]]:
-    """General instructions from one source or a comma-separated list (concatenated in the order given)."""
+    return general_pool(cfg.general_source, cfg.data_dir)
+
+
+def general_pool(source: str, data_dir: str | None) -> tuple[list[dict[str, Any]], list[Path]]:
+    """General instructions from one source or a comma-separated list (concatenated in the order given).
+    Row ids (`<source>-<index>`) are what the contrast stage's rows are matched back by."""
     from tbr.data import data_files, load_instructions
     from tbr.data.safety import BUILTIN_SOURCES
 
     rows: list[dict[str, Any]] = []
     files: list[Path] = []
-    for name in [s.strip() for s in str(cfg.general_source).split(",") if s.strip()]:
+    for name in [s.strip() for s in str(source).split(",") if s.strip()]:
         src: str | Path = BUILTIN_SOURCES.get(name, name)
-        records = load_instructions(src, cfg.data_dir)
+        records = load_instructions(src, data_dir)
         if not records:
             raise DataError(f"general source {name!r} is empty")
-        files += [Path(src)] if isinstance(src, Path) else data_files(src, cfg.data_dir)
+        files += [Path(src)] if isinstance(src, Path) else data_files(src, data_dir)
         tag = Path(src).stem if name.endswith((".json", ".jsonl")) else name
         rows += [
             {
@@ -158,8 +170,32 @@ def _general(cfg: BuildConfig) -> tuple[list[dict[str, Any]], list[Path]]:
             for i, r in enumerate(records)
         ]
     if not rows:
-        raise DataError(f"no general source named in {cfg.general_source!r}")
+        raise DataError(f"no general source named in {source!r}")
     return rows, files
+
+
+def _contrast(cfg: BuildConfig, pool: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[Path]]:
+    """The kept contrast rows, each matched back to its general row (whose ordinary answer it keeps)."""
+    if not cfg.contrast:
+        return [], []
+    path = Path(cfg.contrast) / "contrast.jsonl"
+    if not path.is_file():
+        raise DataError(
+            f"{cfg.contrast} has no contrast.jsonl; make it with `tbr contrast --out {cfg.contrast}`"
+        )
+    by_id = {g["id"]: g for g in pool}
+    rows = []
+    for r in read_jsonl(path):
+        if not (r.get("kept") and (r.get("reflection") or "").strip()):
+            continue
+        g = by_id.get(r["id"])
+        if g is None or g["instruction"] != r["instruction"]:
+            raise DataError(
+                f"{path}: row {r['id']} is not in this build's general pool {cfg.general_source!r}; "
+                "run the contrast stage on the same general_source"
+            )
+        rows.append({**g, "reflection": r["reflection"], "word": r.get("word")})
+    return rows, [path]
 
 
 def _take(what: str, pool_size: int, n: int, source: str) -> int:
@@ -232,8 +268,12 @@ def build(cfg: BuildConfig) -> Path:
 
     general_pool, general_files = _general(cfg)
     n_general = _take("general", len(general_pool), cfg.general_n, cfg.general_source)
+    # Contrast rows replace as many ordinary general rows (their own plain copies first), so the mix
+    # size and the safety share stay those of the same build without them.
+    contrast, contrast_files = _contrast(cfg, general_pool)
+    skip = {c["id"] for c in contrast}
     general = [general_pool[i] for i in seeded_order([g["id"] for g in general_pool], cfg.seed, "general")]
-    general = general[:n_general]
+    general = [g for g in general if g["id"] not in skip][: max(0, n_general - len(contrast))]
 
     common = {"template": cfg.template, "reflection_format": cfg.reflection_format}
     rows = [
@@ -264,6 +304,20 @@ def build(cfg: BuildConfig) -> Path:
         )
         for g in general
     ]
+    rows += [
+        make_row(
+            id=c["id"],
+            kind="contrast",
+            instruction=c["instruction"],
+            input=c["input"],
+            answer=c["output"],
+            reflection=c["reflection"],
+            category=None,
+            source=c["source"],
+            **common,
+        )
+        for c in contrast
+    ]
     if not rows:
         raise DataError("nothing to build: both --safety-n and --general-n are 0")
     random.Random(cfg.seed).shuffle(rows)
@@ -283,11 +337,14 @@ def build(cfg: BuildConfig) -> Path:
             sorted(Counter(r.get("category") or "none" for r in safety if r["id"] in with_refl).items())
         ),
     }
+    if cfg.contrast:  # only then, so builds without contrast rows keep their manifests
+        counts["contrast"] = len(contrast)
+        counts["contrast_per_word"] = dict(sorted(Counter(c.get("word") or "none" for c in contrast).items()))
     write_manifest(
         out,
         "build",
         cfg,
-        data_files=[*safety_files, *general_files],
+        data_files=[*safety_files, *general_files, *contrast_files],
         extra={
             "counts": counts,
             "gamma": cfg.gamma,
@@ -302,11 +359,12 @@ def build(cfg: BuildConfig) -> Path:
         },
     )
     log.info(
-        "build: %d rows (%d general, %d safety, %d with reflection, gamma=%s) -> %s",
+        "build: %d rows (%d general, %d safety, %d with reflection, %d contrast, gamma=%s) -> %s",
         len(rows),
         len(general),
         len(safety),
         len(with_refl),
+        len(contrast),
         cfg.gamma,
         out / "train.jsonl",
     )
@@ -327,6 +385,7 @@ def show(path: str | Path, n: int) -> str:
         [r for r in rows if r["kind"] == "safety" and r["has_reflection"]],
         [r for r in rows if r["kind"] == "safety" and not r["has_reflection"]],
         [r for r in rows if r["kind"] == "general"],
+        [r for r in rows if r["kind"] == "contrast"],
     ]
     picked: list[dict[str, Any]] = []
     while len(picked) < min(n, len(rows)):

@@ -390,8 +390,15 @@ def seeded_order(ids: Sequence[str], seed: int, salt: str = "") -> list[int]:
     return sorted(range(len(ids)), key=lambda i: (stable_hash([salt, seed, ids[i]]), i))
 
 
-def stratified_sample(ids: Sequence[str], categories: Sequence[str | None], n: int, seed: int) -> list[int]:
+def stratified_sample(
+    ids: Sequence[str],
+    categories: Sequence[str | None],
+    n: int,
+    seed: int,
+    strata: Sequence[str] = CATEGORIES,
+) -> list[int]:
     """Indices of n items spread as evenly as possible over the categories (`other` never drawn).
+    `strata`: the categories drawn from, in tie-break order (the contrast stage passes its word groups).
 
     Each category gets floor(n/k) (k = categories present), the remainder going to the categories with the
     most items left; a category with too few items gives its share to the others. Within a category, items
@@ -399,7 +406,7 @@ def stratified_sample(ids: Sequence[str], categories: Sequence[str | None], n: i
     """
     by_cat: dict[str, list[int]] = {}
     for i in seeded_order(ids, seed, "stratified"):
-        if categories[i] in CATEGORIES:  # `other` and uncategorised are never drawn
+        if categories[i] in strata:  # `other` and uncategorised are never drawn
             by_cat.setdefault(categories[i], []).append(i)  # type: ignore[arg-type]
     available = sum(len(v) for v in by_cat.values())
     if n > available:
@@ -410,15 +417,15 @@ def stratified_sample(ids: Sequence[str], categories: Sequence[str | None], n: i
     quota = {c: 0 for c in by_cat}
     left = n
     while left > 0:
-        open_cats = [c for c in CATEGORIES if c in by_cat and quota[c] < len(by_cat[c])]
+        open_cats = [c for c in strata if c in by_cat and quota[c] < len(by_cat[c])]
         share = max(1, left // len(open_cats))
         # Largest remaining pools first, so the remainder lands where items are plentiful (deterministic).
-        for c in sorted(open_cats, key=lambda c: (-(len(by_cat[c]) - quota[c]), CATEGORIES.index(c))):
+        for c in sorted(open_cats, key=lambda c: (-(len(by_cat[c]) - quota[c]), strata.index(c))):
             take = min(share, len(by_cat[c]) - quota[c], left)
             quota[c] += take
             left -= take
             if left == 0:
                 break
-    picked = [i for c in CATEGORIES if c in by_cat for i in by_cat[c][: quota[c]]]
+    picked = [i for c in strata if c in by_cat for i in by_cat[c][: quota[c]]]
     random.Random(seed).shuffle(picked)
     return picked

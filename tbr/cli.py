@@ -44,6 +44,12 @@ VERBS: dict[str, tuple[str, str, str, str]] = {
         "MMLU / GSM8K / ARC-Easy through lm-evaluation-harness",
     ),
     "reflect": ("tbr.reflect", "ReflectConfig", "run", "generate safety reflections (internal or external)"),
+    "contrast": (
+        "tbr.contrast",
+        "ContrastConfig",
+        "run",
+        "benign reflections for general rows with sensitive wording (the contrast arm)",
+    ),
     "build": ("tbr.build", "BuildConfig", "run", "build a TBR training set for a given gamma"),
     "train": ("tbr.train", "TrainConfig", "run", "fine-tune with TRL SFTTrainer (full or LoRA)"),
     "attribute": ("tbr.attribute", "AttributeConfig", "run", "perturbation attribution of refusals (Captum)"),

@@ -47,6 +47,33 @@ instruction: {instruction}
 output: {output}
 revised output:"""
 
+# Not from the paper: the contrast arm ("reflect, then answer", docs/choices.md §10). Benign instructions
+# with sensitive wording get a reflection that names the intent and why it is harmless, then their ordinary
+# answer. Internal: a Figure 8-style five-shot raw completion whose examples are benign look-alikes of
+# XSTest's types (definition, homonym, history, safe target, fiction), written for tbr; none is an XSTest
+# prompt (tests/test_contrast.py). The last example restates its instruction: SmolLM2-135M copies the last
+# example's wording, and a last example about software made it call every query "a kind of software".
+CONTRAST_REFLECTION_FEWSHOT = """Instruction: Explain what a computer virus is.
+Explain: This query asks for a definition of a kind of malicious software, which is general technology knowledge that harms no one.
+Instruction: How do I terminate a background job in the Linux shell?
+Explain: This query asks how to stop a running program from the command line, which is a routine technical task.
+Instruction: Summarize the causes of the First World War.
+Explain: This query asks for a historical summary of why the First World War began, which is a standard educational topic.
+Instruction: How can I get rid of the aphids killing my roses?
+Explain: This query asks how to protect garden plants from insect pests, which is ordinary gardening advice.
+Instruction: Write a short story about a dragon attacking a castle.
+Explain: This query asks for a short fantasy story about a dragon attacking a castle, which is ordinary creative writing.
+Instruction: {input}
+Explain:"""
+
+# External: a Figure 9-style instruction to the stronger model, with one worked example; its answer is the
+# reflection alone (first line, a leading "reasoning:" dropped), since the answer is the row's own.
+CONTRAST_REFLECTION_PROMPT = """Please write a short reasoning section to place before the answer to the following instruction. The instruction contains words that can sound harmful, but the request itself is benign. In one sentence, starting with "This query asks", state what the instruction asks for and why it is harmless. Do not answer the instruction and do not refuse it.
+instruction: How do I terminate a background job in the Linux shell?
+reasoning: This query asks how to stop a running program from the command line, which is a routine technical task.
+instruction: {instruction}
+reasoning:"""
+
 # The standardized refusal. The paper never states it; this is the `output` of its Figure 9 prompt,
 # which the external reflection is revised around, so both reflection sources share one refusal.
 STANDARD_REFUSAL = (

@@ -1,6 +1,6 @@
 """`tbr run EXPERIMENT.yaml`: the whole experiment, in order, resumable.
 
-    reflect (per source) → build (per γ) → train (per γ and source) → eval → general → report
+    reflect (per source) → [contrast] → build (per γ) → train (per γ and source) → eval → general → report
 
 Every stage writes into its own directory, named by a hash of its inputs (its config plus the keys of
 the stages it reads), and marks completion with DONE.json. A rerun skips finished stages; a stage
@@ -85,6 +85,11 @@ class Experiment:
     # γ values whose eval asks every prompt of every suite (eval.suite_sample and eval.sample dropped),
     # e.g. [0, 1] in a sweep that samples OR-Bench for the middle γ only.
     full_eval_gammas: list[float] = field(default_factory=list)
+    # The contrast arm ("reflect, then answer", docs/choices.md §10): {n: 100, source: internal} adds
+    # <source>-g1-contrast per seed, γ=1 plus n general rows with sensitive wording whose target is a
+    # benign reflection and their ordinary answer (tbr.contrast). Other keys override ContrastConfig.
+    # null (the default): no contrast arm, and no stage of the experiment changes.
+    contrast: dict[str, Any] | None = None
 
     def validate(self) -> None:
         bad = [s for s in self.sources if s not in SOURCES]
@@ -121,6 +126,13 @@ class Experiment:
             raise ConfigError(f"safety_ns: {self.safety_ns} repeats a count")
         if bad := [g for g in self.full_eval_gammas if g not in self.gammas]:
             raise ConfigError(f"full_eval_gammas: {bad} not among gammas {self.gammas}")
+        if self.contrast is not None:
+            src = self.contrast.get("source", "internal")
+            if src not in self.sources:
+                raise ConfigError(
+                    f"contrast.source={src!r} must be one of sources {self.sources}: the contrast arm is that "
+                    "source's γ=1 arm plus the contrast rows"
+                )
 
     def seed_list(self) -> list[int]:
         return list(self.seeds) or [self.seed]
@@ -131,7 +143,7 @@ class Experiment:
 
 @dataclass
 class Stage:
-    kind: str  # reflect | build | train | eval | general
+    kind: str  # reflect | contrast | build | train | eval | general
     label: str  # human-readable, e.g. "internal-g1.0"
     values: dict[str, Any]  # the stage config minus its output directory
     deps: list[Stage] = field(default_factory=list)
@@ -200,6 +212,29 @@ def plan(exp: Experiment) -> list[Stage]:
             reflections[src, seed] = Stage("reflect", label, values, inputs=category_inputs(values))
         return reflections[src, seed]
 
+    contrasts: dict[int, Stage] = {}
+
+    def contrast_stage(seed: int) -> Stage:
+        """One contrast pool per seed (the seed draws which general rows), like the reflections."""
+        if seed not in contrasts:
+            from tbr.contrast import asset_hashes
+
+            cx = dict(exp.contrast or {})
+            src = cx.pop("source", "internal")
+            values = {**cx, "model": exp.model, "seed": seed, **data, "source": src}
+            # the build's own general pool (rows are matched back by id) and the experiment's eval suites
+            values["general_source"] = exp.build.get("general_source", _default("build", "general_source"))
+            values["suites"] = exp.eval.get("suites") or _default("eval", "suites")
+            if src == "external":
+                ext = exp.external
+                values.update({k: ext[k] for k in ("api_base", "api_key_env") if k in ext})
+                values.update(api_model=ext.get("api_model") or ext.get("serve"), serve=ext.get("serve"))
+                values["backend"] = "openai"
+            inputs = {**asset_hashes(), **suites.file_hashes(str(x) for x in values["suites"])}
+            label = src + (f"-s{seed}" if seed != seeds[0] else "")
+            contrasts[seed] = Stage("contrast", label, values, inputs=inputs)
+        return contrasts[seed]
+
     from tbr import suites
 
     suite_inputs = suites.file_hashes(str(x) for x in exp.eval.get("suites") or [])
@@ -226,15 +261,15 @@ def plan(exp: Experiment) -> list[Stage]:
                 gv["think_end"] = think_end_for(refl_format)
             stages.append(Stage("general", label, gv if train else {**gv, "model": exp.model}, deps, variant))
 
-    def arm(label: str, bvalues: dict[str, Any], refl: Stage | None, seed: int) -> Stage:
-        """build → train for one arm, after the reflection stage it reads if that is not planned yet."""
+    def arm(
+        label: str, bvalues: dict[str, Any], refl: Stage | None, seed: int, contrast: Stage | None = None
+    ) -> Stage:
+        """build → train for one arm, after the reflection (and contrast) stage it reads if not planned yet."""
         # Only a build without reflections categorises (the reflect stage's key covers the rest).
-        b = Stage(
-            "build", label, bvalues, [refl] if refl else [], inputs={} if refl else category_inputs(bvalues)
-        )
+        reads = [d for d in (refl, contrast) if d]  # the reflect stage first: check_plan reads deps[0]
+        b = Stage("build", label, bvalues, reads, inputs={} if refl else category_inputs(bvalues))
         t = Stage("train", label, {**exp.train, "model": exp.model, "seed": seed}, [b])
-        if refl and refl not in stages:
-            stages.append(refl)
+        stages.extend(d for d in reads if d not in stages)
         stages.extend([b, t])
         return t
 
@@ -273,6 +308,17 @@ def plan(exp: Experiment) -> list[Stage]:
                     if gamma > 0 and len(formats) > 1:
                         variant["reflection_format"] = refl_format
                     measure(label, variant, t, refl_format, seed, full)
+        if exp.contrast is not None:
+            # γ=1 of the contrast source in the first format, plus the contrast rows: the build equals
+            # <source>-g1's but for them, so the paired difference isolates "reflect, then answer".
+            src = exp.contrast.get("source", "internal")
+            bvalues = {**exp.build, **data, "seed": seed, "gamma": 1.0}
+            if default_format != exp.build.get("reflection_format", "tagged"):
+                bvalues["reflection_format"] = default_format
+            label = f"{src}-g1-contrast{tag}"
+            t = arm(label, bvalues, reflect_stage(src, seed), seed, contrast_stage(seed))
+            variant = variant_of(f"{src} γ=1 (contrast)", seed, source=src, gamma=1.0, sweep="contrast")
+            measure(label, variant, t, default_format, seed, 1.0 in exp.full_eval_gammas)
         # The trade-off curve: w/o models with less or more refusal data. They need no reflections, so
         # they draw straight from the safety source (a count above the reflection pool is fine).
         for n in exp.safety_ns:
@@ -285,6 +331,18 @@ def plan(exp: Experiment) -> list[Stage]:
             measure(label, variant_of(f"w/o n={n}", seed, source="none", gamma=0.0, safety_n=n, sweep="safety_n"), t,
                     default_format, seed, False)  # fmt: skip
     return stages
+
+
+def _default(section: str, key: str) -> Any:
+    """A stage config field's default (what the stage uses when the experiment leaves it out)."""
+    import dataclasses
+
+    if section == "build":
+        from tbr.build import BuildConfig as cls
+    else:
+        from tbr.evaluate import EvalConfig as cls
+    f = {x.name: x for x in dataclasses.fields(cls)}[key]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
 
 
 def think_end_for(refl_format: str) -> str:
@@ -307,7 +365,10 @@ def category_inputs(values: dict[str, Any]) -> dict[str, str]:
 # ----------------------------------------------------------------------------- checking a plan
 
 # Which experiment section a stage kind's values come from, for error messages.
-SECTIONS = {"reflect": "reflect", "build": "build", "train": "train", "eval": "eval", "general": "general"}
+SECTIONS = {
+    "reflect": "reflect", "contrast": "contrast", "build": "build", "train": "train", "eval": "eval",
+    "general": "general",
+}  # fmt: skip
 # With `audit: drop`, flagged reflections are removed: 15% of SmolLM2-135M's own (docs/results.md), and
 # external splits that miss the refusal are dropped even with `keep`. The build needs its safety_n
 # after that, so the reflect stage must ask for this much more.
@@ -323,11 +384,16 @@ def stage_config(stage: Stage) -> Any:
 
         if values.pop("serve", None) and not values.get("api_base"):
             values["api_base"] = "http://127.0.0.1:0/v1"  # started by tbr run
+    elif stage.kind == "contrast":
+        from tbr.contrast import ContrastConfig as cls
+
+        if values.pop("serve", None) and not values.get("api_base"):
+            values["api_base"] = "http://127.0.0.1:0/v1"  # started by tbr run
     elif stage.kind == "build":
         from tbr.build import BuildConfig as cls
 
-        if stage.deps:
-            values["reflections"] = PLACEHOLDER
+        for d in stage.deps:
+            values["reflections" if d.kind == "reflect" else d.kind] = PLACEHOLDER
     elif stage.kind == "train":
         from tbr.train import TrainConfig as cls
 
@@ -369,7 +435,7 @@ def check_plan(exp: Experiment, stages: list[Stage], source: str = "experiment")
         raise ConfigError(f"{source}: section `report`: {e}") from None
     notes: list[str] = []
     for s in stages:
-        if s.kind != "build" or not s.deps:
+        if s.kind != "build" or not s.deps or s.deps[0].kind != "reflect":
             continue
         b, r = configs[s.dirname], configs[s.deps[0].dirname]
         if b.safety_n == -1:
@@ -388,6 +454,46 @@ def check_plan(exp: Experiment, stages: list[Stage], source: str = "experiment")
                 f"flagged (SmolLM2-135M: ~15%); set {section}.n >= {need}, audit: keep, or a lower safety_n"
             )
     notes += pool_notes(exp, stages, configs, source)
+    notes += contrast_notes(stages, configs, source)
+    return notes
+
+
+def contrast_notes(stages: list[Stage], configs: dict[str, Any], source: str) -> list[str]:
+    """Is contrast.n feasible: enough general rows with sensitive wording once eval prompts are dropped?"""
+    from tbr.contrast import candidates
+    from tbr.data import resolve_data_dir
+    from tbr.data.safety import BUILTIN_SOURCES
+    from tbr.suites import DEMO_SUITES
+
+    BUILTIN = {*BUILTIN_SOURCES, "demo", *DEMO_SUITES}  # read from the package, no data directory needed
+
+    notes: list[str] = []
+    counted: dict[tuple[str, tuple[str, ...], str | None], Any] = {}  # one count per pool
+    for s in stages:
+        if s.kind != "contrast":
+            continue
+        c = configs[s.dirname]
+        names = [*str(c.general_source).split(","), *c.suites]
+        local = all(x.strip() in BUILTIN or x.strip().endswith((".json", ".jsonl", ".csv")) for x in names)
+        if not local and resolve_data_dir(c.data_dir) is None:
+            notes.append(f"{s.label}: contrast pool not checked (no data directory)")
+            continue
+        pool = (str(c.general_source), tuple(c.suites), c.data_dir)
+        if pool not in counted:
+            counted[pool] = candidates(c.general_source, list(c.suites), c.data_dir)
+        cands = counted[pool]
+        if c.n > len(cands.rows):
+            raise ConfigError(
+                f"{source}: section `contrast` n={c.n} (stage contrast/{s.label}) but {c.general_source} has only "
+                f"{len(cands.rows)} rows with sensitive wording that are no eval prompt ({cands.matched} matched "
+                f"tbr/assets/contrast_words.json, {len(cands.eval_overlap)} dropped as prompts of {c.suites}); "
+                f"lower contrast.n or use a larger general_source"
+            )
+        notes.append(
+            f"contrast/{s.label}: {len(cands.rows)} sensitive-wording general rows for n={c.n} "
+            f"({len(cands.eval_overlap)} eval prompts dropped)"
+            + ("; audit: drop keeps fewer" if c.audit == "drop" else "")
+        )
     return notes
 
 
@@ -496,12 +602,20 @@ def _execute(stage: Stage, out: Path, root: Path) -> dict[str, Any]:
         with _external_server(values, stage.key) as v:
             reflect(build(ReflectConfig, {**v, "out": str(out)}, source=f"stage {stage.dirname}"))
         return {}
+    if stage.kind == "contrast":
+        from tbr.contrast import ContrastConfig, contrast
+
+        with _external_server(values, stage.key) as v:
+            contrast(build(ContrastConfig, {**v, "out": str(out)}, source=f"stage {stage.dirname}"))
+        return {}
     if stage.kind == "build":
         from tbr.build import BuildConfig
         from tbr.build import build as build_set
 
         if "reflect" in deps:
             values["reflections"] = str(deps["reflect"])
+        if "contrast" in deps:
+            values["contrast"] = str(deps["contrast"])
         build_set(build(BuildConfig, {**values, "out": str(out)}, source=f"stage {stage.dirname}"))
         return {}
     if stage.kind == "train":

@@ -197,6 +197,8 @@ def test_shipped_experiments_parse_and_plan(name):
         for src in exp.sources
         for k, fmt in enumerate(formats)
     }
+    if exp.contrast is not None:
+        arms.add(f"{exp.contrast.get('source', 'internal')}-g1-contrast")
     assert trained == {a + (f"-s{s}" if s != seeds[0] else "") for a in arms for s in seeds}
     if name == "gamma-sweep":
         assert sorted(exp.gammas) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0]) and seeds == [0, 1, 2]
@@ -279,6 +281,52 @@ def test_safety_ns_add_wo_arms_drawn_from_the_safety_source():
         check_plan(too_many, plan(too_many))
     with pytest.raises(ConfigError, match="safety_ns"):
         _exp(safety_ns=[0])
+
+
+def test_the_contrast_arm_adds_stages_and_changes_no_other_key(tmp_path):
+    general = tmp_path / "general.jsonl"
+    rows = ["Summarize the plot of To Kill a Mockingbird.", "Recall a fact about the Battle of Hastings."]
+    general.write_text(
+        "".join(json.dumps({"instruction": r, "input": "", "output": "…"}) + "\n" for r in rows)
+    )
+    kw = dict(sources=["internal", "external"], seeds=[0, 1], eval={"suites": ["demo"]}, general=None,
+              reflect={"n": 20, "safety_source": "demo-safety", "audit": "keep"},
+              build={"general_source": str(general), "safety_n": 10})  # fmt: skip
+    plain, stages = plan(_exp(**kw)), plan(_exp(**kw, contrast={"n": 2, "source": "internal"}))
+    assert {s.dirname for s in plain} < {s.dirname for s in stages}  # nothing else is re-keyed
+    added = [s.dirname.rsplit("-", 1)[0] for s in stages if s.dirname not in {p.dirname for p in plain}]
+    assert added == [
+        f"{kind}/{label}{tag}"
+        for tag in ("", "-s1")
+        for kind, label in [("contrast", "internal"), ("build", "internal-g1-contrast"),
+                            ("train", "internal-g1-contrast"), ("eval", "internal-g1-contrast")]
+    ]  # fmt: skip
+    by = {(s.kind, s.label): s for s in stages}
+    c, b = by["contrast", "internal-s1"], by["build", "internal-g1-contrast-s1"]
+    # the seed's contrast draw, from the build's own general pool, avoiding the experiment's eval suites
+    assert (
+        c.values["seed"] == 1
+        and c.values["general_source"] == str(general)
+        and c.values["suites"] == ["demo"]
+    )
+    assert "contrast_words" in c.inputs
+    # the build equals internal-g1's but for the contrast rows it reads
+    assert b.values == by["build", "internal-g1-s1"].values and b.deps == [by["reflect", "internal-s1"], c]
+    assert by["eval", "internal-g1-contrast"].variant == {
+        "name": "internal γ=1 (contrast)", "source": "internal", "gamma": 1.0, "sweep": "contrast"
+    } | {"name": "internal γ=1 (contrast) · s0", "arm": "internal γ=1 (contrast)", "seed": 0}  # fmt: skip
+    check_plan(_exp(**kw, contrast={"n": 2}), stages)
+    with pytest.raises(
+        ConfigError,
+        match=r"section `contrast` n=50 \(stage contrast/internal\) but .*general.jsonl has only 2",
+    ):
+        big = _exp(**kw, contrast={"n": 50})
+        check_plan(big, plan(big))
+    with pytest.raises(ConfigError, match=r"section `contrast` \(stage internal\): .*audit"):
+        bad = _exp(**kw, contrast={"audit": "sometimes"})
+        check_plan(bad, plan(bad))
+    with pytest.raises(ConfigError, match="contrast.source='external' must be one of sources"):
+        _exp(contrast={"source": "external"})
 
 
 def test_full_eval_gammas_ask_every_prompt_at_those_gammas_only():

@@ -148,7 +148,8 @@ def difference(a: Arm, b: Arm, suite: str, judge: str | None = None) -> Cell | N
 
 def comparisons(all_arms: list[Arm]) -> list[tuple[Arm, Arm]]:
     """The differences worth a paired interval, per base model: every trained arm against w/o (the
-    main γ=0 arm), and external against internal at equal γ and format (the paper's claims)."""
+    main γ=0 arm), external against internal at equal γ and format (the paper's claims), and a contrast
+    arm against its twin without contrast rows (docs/choices.md §10)."""
     pairs = []
     for group in dict.fromkeys(a.group for a in all_arms):
         mine = [a for a in all_arms if a.group == group]
@@ -158,6 +159,10 @@ def comparisons(all_arms: list[Arm]) -> list[tuple[Arm, Arm]]:
         for a in mine:
             if wo is not None and a is not wo and a.source not in ("base", None):
                 pairs.append((a, wo))
+        # a contrast arm against the same arm without the contrast rows: "reflect, then answer" alone
+        for c in (a for a in mine if a.name.endswith(" (contrast)")):
+            if twin := next((a for a in mine if a.name == c.name.removesuffix(" (contrast)")), None):
+                pairs.append((c, twin))
         for ext in (a for a in mine if a.source == "external"):
             twin = ext.name.replace("external", "internal", 1)
             if intern := next((a for a in mine if a.source == "internal" and a.name == twin), None):

@@ -170,3 +170,15 @@ def test_no_tradeoff_figure_without_a_safety_sweep(tmp_path: Path) -> None:
     _eval_dir(tmp_path / "ev", ARMS["w/o"][1], rng)
     report([str(tmp_path / "ev")], str(tmp_path / "out"))
     assert not (tmp_path / "out" / "fig_tradeoff.png").exists()
+
+
+def test_a_contrast_arm_is_paired_with_its_twin_without_contrast_rows() -> None:
+    from tbr.report.arms import Arm, comparisons
+    from tbr.report.collect import Variant
+
+    def arm(name: str, source: str, gamma: float) -> Arm:
+        return Arm(name, [Variant(name=name, model="m", group="m", source=source, gamma=gamma)])
+
+    wo, tbr, con = arm("w/o", "none", 0.0), arm("internal γ=1", "internal", 1.0), arm("internal γ=1 (contrast)", "internal", 1.0)  # fmt: skip
+    pairs = {(a.name, b.name) for a, b in comparisons([wo, tbr, con])}
+    assert pairs == {("internal γ=1", "w/o"), ("internal γ=1 (contrast)", "w/o"), ("internal γ=1 (contrast)", "internal γ=1")}  # fmt: skip
