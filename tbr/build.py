@@ -290,33 +290,21 @@ def build(cfg: BuildConfig) -> Path:
         )
         for r in safety
     ]
+    # General rows answer plainly; contrast rows put a benign reflection before the same kind of answer.
     rows += [
         make_row(
             id=g["id"],
-            kind="general",
+            kind=kind,
             instruction=g["instruction"],
             input=g["input"],
             answer=g["output"],
-            reflection=None,
+            reflection=g["reflection"] if kind == "contrast" else None,
             category=None,
             source=g["source"],
             **common,
         )
-        for g in general
-    ]
-    rows += [
-        make_row(
-            id=c["id"],
-            kind="contrast",
-            instruction=c["instruction"],
-            input=c["input"],
-            answer=c["output"],
-            reflection=c["reflection"],
-            category=None,
-            source=c["source"],
-            **common,
-        )
-        for c in contrast
+        for kind, pool in (("general", general), ("contrast", contrast))
+        for g in pool
     ]
     if not rows:
         raise DataError("nothing to build: both --safety-n and --general-n are 0")

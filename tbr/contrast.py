@@ -34,7 +34,7 @@ from tbr.generate import BackendConfig
 from tbr.io import ensure_dir, sha256_file, stable_hash, write_json_atomic, write_jsonl_atomic
 from tbr.models import DEFAULT_MODEL
 from tbr.prompts import CONTRAST_REFLECTION_FEWSHOT, CONTRAST_REFLECTION_PROMPT
-from tbr.reflect import INTERNAL_RULE, INTERNAL_STOP, first_line
+from tbr.reflect import AUDIT_ACTIONS, INTERNAL_RULE, INTERNAL_STOP, first_line
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class ContrastConfig(BackendConfig):
     )
     data_dir: str | None = opt(None, "data directory (default: $TBR_DATA_DIR)")
     n: int = opt(100, "general rows to reflect on, stratified by word group")
-    audit: str = opt("drop", "what to do with flagged reflections", choices=("drop", "keep"))
+    audit: str = opt("drop", "what to do with flagged reflections", choices=AUDIT_ACTIONS)
     audit_max_words: int = opt(60, "a longer reflection is flagged too_long")
     audit_min_overlap: float = opt(0.2, "share of the query's content words a reflection must repeat")
     out: str = opt("runs/contrast", "output directory")
