@@ -1,16 +1,19 @@
 """tbr's generation vs. lm-evaluation-harness vs. a one-prompt-at-a-time loop, in one run.
 
 Same XSTest prompts (chat template), greedy, same max_new_tokens for every method, one torch thread by
-default. Methods (fp32 unless the name says bf16):
-  lmeval-bN          lm-evaluation-harness's HF backend, `generate_until`, batch N; batch sizes are
-                     tried in order until a bigger one stops paying, so its best setting is in the table
-  tbr-bN             tbr.generate.hf.TransformersBackend (own decode loop: finished rows leave the
-                     batch, KV cache allocated once per batch)
-  tbr-dyncache-bN    the same loop with transformers' DynamicCache (what tbr did before issue 14)
-  naive-b1           model.generate one prompt at a time (no batching, no padding)
-  *-bf16             lm-eval and tbr at their best fp32 batch size in bf16, on --bf16-n prompts
-                     (emulated, and slow, on CPUs without avx512_bf16/AMX: meta.native_bf16)
-  hf-sorted-b16      the plain length-sorted loop around model.generate (only with --methods)
+default. Every method runs in the dtype this CPU computes natively (bf16 where it has avx512_bf16 or
+AMX, else fp32) and in the other one (fp32 always in full; bf16 where it is emulated on --bf16-n
+prompts only, since emulation is slow). The method names end in the dtype:
+  lmeval-bN-DT       lm-evaluation-harness's HF backend, `generate_until`, batch N, on its own copy
+                     of the model with transformers' default attention (SDPA). Batch sizes are tried in
+                     order until a bigger one stops paying, per dtype, so its best setting is in the table
+  tbr-bN-DT          tbr.generate.hf.TransformersBackend (own decode loop: finished rows leave the
+                     batch, KV cache allocated once per batch, decode attention of tbr.generate.attention
+                     in bf16), the same batch-size search
+  tbr-dyncache-bN-DT the same loop with transformers' DynamicCache, at tbr's best batch
+  tbr-sdpa-bN-bf16   the same loop with SDPA attention instead of tbr's decode attention
+  naive-b1-DT        model.generate one prompt at a time (no batching, no padding), on --naive-n prompts
+  hf-sorted-b16-fp32 the plain length-sorted loop around model.generate (only with --methods)
 
 Generated tokens are counted the same way for every method, from the output text: its tokens plus
 the EOS when it stopped before the limit (capped at max_new_tokens). Greedy outputs are compared at
@@ -101,10 +104,17 @@ def run_lmeval(model, tok, texts, max_new, bs):
     return lm.generate_until(reqs, disable_tqdm=True)
 
 
-def run_tbr(model, tok, ref, convs, max_new, bs, kv_cache="preallocated"):
+def run_tbr(model, tok, ref, convs, max_new, bs, kv_cache="preallocated", attention="auto"):
     be = TransformersBackend(
-        ref.name, batch_size=bs, progress=False, loaded=(model, tok, ref), kv_cache=kv_cache
+        ref.name,
+        batch_size=bs,
+        progress=False,
+        loaded=(model, tok, ref),
+        kv_cache=kv_cache,
+        attention=attention,
     )
+    if attention == "sdpa":  # an earlier auto backend may have switched this shared copy
+        model.set_attn_implementation("sdpa")
     return be.generate(convs, SamplingParams(max_new_tokens=max_new))
 
 
@@ -126,15 +136,16 @@ def cpu_info() -> dict:
 
 
 def table(doc: dict) -> str:
-    """The results as a markdown table, each row against lm-eval's best fp32 setting."""
+    """The results as a markdown table, each row against lm-eval's best setting in the same dtype."""
     res, summ = doc["results"], doc.get("summary") or {}
-    base = summ.get("best_lmeval_fp32")
     lines = [
-        "| method | dtype | prompts | tok / CPU-s | tok/s wall | ÷ best lm-eval fp32 |",
+        "| method | dtype | prompts | tok / CPU-s | tok/s wall | ÷ best lm-eval, same dtype |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for name, r in res.items():
-        rel = f"{r['tok_per_cpu_s'] / res[base]['tok_per_cpu_s']:.2f}×" if base in res else "–"
+        base = summ.get(f"best_lmeval_{r['dtype']}")
+        same_n = base in res and res[base]["prompts"] == r["prompts"]
+        rel = f"{r['tok_per_cpu_s'] / res[base]['tok_per_cpu_s']:.2f}×" if same_n else "–"
         emu = " (emulated)" if r["dtype"] == "bf16" and not doc["meta"].get("native_bf16") else ""
         lines.append(
             f"| {name} | {r['dtype']}{emu} | {r['prompts']} | {r['tok_per_cpu_s']:.1f} | {r['tok_per_s']:.1f} | {rel} |"
@@ -148,10 +159,10 @@ def main() -> None:
     # the shared data folder beside the checkout, as the Makefile uses it, unless TBR_DATA_DIR says otherwise
     shared = Path(__file__).resolve().parents[2] / "shared" / "data"
     ap.add_argument("--data-dir", default=os.environ.get("TBR_DATA_DIR", str(shared)))
-    ap.add_argument("--n", type=int, default=64, help="XSTest prompts")
+    ap.add_argument("--n", type=int, default=128, help="XSTest prompts")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--naive-n", type=int, default=4, help="prompts for the slow one-at-a-time loop")
-    ap.add_argument("--bf16-n", type=int, default=8, help="prompts for the bf16 runs (slow where emulated)")
+    ap.add_argument("--bf16-n", type=int, default=8, help="prompts for bf16 where it is emulated (slow)")
     ap.add_argument(
         "--lmeval-batch-sizes",
         default="16,64,128",
@@ -185,12 +196,17 @@ def main() -> None:
     lm_bs, tbr_bs = sizes(a.lmeval_batch_sizes), sizes(a.tbr_batch_sizes)
     wanted = set(a.methods.split(",")) if a.methods else None
 
-    models = {dt: load(a.model, dtype=dt, device="cpu") for dt in ("fp32", "bf16")}
-    for _, t, _ in models.values():
+    # The dtype this CPU runs natively first; bf16 where it is emulated runs on --bf16-n prompts only.
+    native = "bf16" if cpu_supports_bf16() else "fp32"
+    dtypes = ["bf16", "fp32"] if native == "bf16" else ["fp32", "bf16"]
+    # Two copies per dtype: tbr's backend switches its copy to tbr's decode attention in bf16, and
+    # lm-eval and the naive loop must run the model as transformers ships it.
+    tbr_models = {dt: load(a.model, dtype=dt, device="cpu") for dt in dtypes}
+    lm_models = {dt: load(a.model, dtype=dt, device="cpu") for dt in dtypes}
+    for _, t, _ in [*tbr_models.values(), *lm_models.values()]:
         t.padding_side = "left"  # decoder-only batches are left-padded (lm-eval sets this itself)
-    tok, ref = models["fp32"][1], models["fp32"][2]
+    tok = lm_models["fp32"][1]
     texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in convs]
-    (m32, _, _), (m16, t16, _) = models["fp32"], models["bf16"]
     n16 = min(a.n, a.bf16_n)
 
     def count(text: str) -> int:  # same rule for every method: text tokens + EOS, capped
@@ -243,56 +259,68 @@ def main() -> None:
         return toks / tm.cpu
 
     # Warm-up (first calls allocate and pick kernels), then one timed pass per method.
-    run_tbr(m32, tok, ref, convs[:2], 4, 2)
-    # lm-eval: bigger batches until one stops paying, so its row is its best setting on this machine.
-    prev = 0.0
-    for bs in lm_bs:
-        got = measure(
-            f"lmeval-b{bs}-fp32", "fp32", a.n, lambda bs=bs: run_lmeval(m32, tok, texts, a.max_new_tokens, bs)
-        )
-        if got is not None and got <= prev:
-            break
-        prev = max(prev, got or 0.0)
-    for bs in tbr_bs:
-        measure(
-            f"tbr-b{bs}-fp32", "fp32", a.n, lambda bs=bs: run_tbr(m32, tok, ref, convs, a.max_new_tokens, bs)
-        )
-    # The same loop with transformers' DynamicCache: what the preallocated KV cache buys, same batches.
-    b0 = tbr_bs[0]
-    measure(
-        f"tbr-dyncache-b{b0}-fp32",
-        "fp32",
-        a.n,
-        lambda: run_tbr(m32, tok, ref, convs, a.max_new_tokens, b0, kv_cache="dynamic"),
-    )
-    measure(
-        "naive-b1-fp32", "fp32", a.naive_n, lambda: run_naive(m32, tok, texts[: a.naive_n], a.max_new_tokens)
-    )
-    if wanted and "hf-sorted-b16-fp32" in wanted:  # the old plain loop: only when asked for by name
-        measure(
-            "hf-sorted-b16-fp32", "fp32", a.n, lambda: run_hf_sorted(m32, tok, texts, a.max_new_tokens, 16)
-        )
+    for dt in dtypes:
+        run_tbr(*tbr_models[dt], convs[:2], 4, 2)
+
+    def search(prefix: str, dt: str, batch_sizes: list[int], n: int, fn) -> None:
+        """Bigger batches until one stops paying: the best of them is this method's setting here."""
+        prev = 0.0
+        for bs in batch_sizes:
+            got = measure(f"{prefix}-b{bs}-{dt}", dt, n, lambda bs=bs: fn(bs))
+            if got is not None and got <= prev:
+                break
+            prev = max(prev, got or 0.0)
 
     def best(prefix: str, dt: str) -> str | None:
-        keys = [k for k in results if k.startswith(prefix) and k.endswith(f"-{dt}") and "dyncache" not in k]
+        keys = [k for k in results if k.startswith(f"{prefix}-b") and k.endswith(f"-{dt}")]
         return max(keys, key=lambda k: results[k]["tok_per_cpu_s"], default=None)
 
-    best_lm, best_tbr = best("lmeval-b", "fp32"), best("tbr-b", "fp32")
-    # bf16 at each method's best fp32 batch size (on fewer prompts where bf16 is emulated).
-    lm_b16 = int(best_lm.split("-")[1][1:]) if best_lm else lm_bs[-1]
-    tbr_b16 = int(best_tbr.split("-")[1][1:]) if best_tbr else tbr_bs[-1]
-    measure(
-        f"lmeval-b{lm_b16}-bf16",
-        "bf16",
-        n16,
-        lambda: run_lmeval(m16, t16, texts[:n16], a.max_new_tokens, lm_b16),
-    )
-    measure(
-        f"tbr-b{tbr_b16}-bf16",
-        "bf16",
-        n16,
-        lambda: run_tbr(m16, t16, ref, convs[:n16], a.max_new_tokens, tbr_b16),
-    )
+    def bs_of(name: str | None, default: int) -> int:
+        return int(name.rsplit("-", 2)[1][1:]) if name else default
+
+    # Native dtype first. Each dtype gets its own batch-size search for lm-eval and tbr, so every row
+    # is that method's best setting in that dtype; lm-eval runs on its own copy of the model with
+    # transformers' default attention (SDPA), exactly as `lm_eval --model hf` would.
+    def bench_dtype(dt: str) -> None:
+        n = a.n if dt == native or dt == "fp32" else n16
+        lm_model, lm_tok, _ = lm_models[dt]
+        lm_texts = texts[:n]
+        search(
+            "lmeval", dt, lm_bs, n, lambda bs: run_lmeval(lm_model, lm_tok, lm_texts, a.max_new_tokens, bs)
+        )
+        search("tbr", dt, tbr_bs, n, lambda bs: run_tbr(*tbr_models[dt], convs[:n], a.max_new_tokens, bs))
+        b0 = bs_of(best("tbr", dt), tbr_bs[0])
+        # What each of tbr's own parts buys, at tbr's best batch: transformers' DynamicCache instead of the
+        # preallocated one; SDPA instead of tbr's decode attention (bf16 only: fp32 always uses SDPA).
+        measure(
+            f"tbr-dyncache-b{b0}-{dt}",
+            dt,
+            n,
+            lambda: run_tbr(*tbr_models[dt], convs[:n], a.max_new_tokens, b0, kv_cache="dynamic"),
+        )
+        if dt == "bf16":
+            measure(
+                f"tbr-sdpa-b{b0}-{dt}",
+                dt,
+                n,
+                lambda: run_tbr(*tbr_models[dt], convs[:n], a.max_new_tokens, b0, attention="sdpa"),
+            )
+        measure(
+            f"naive-b1-{dt}",
+            dt,
+            a.naive_n,
+            lambda: run_naive(lm_model, lm_tok, texts[: a.naive_n], a.max_new_tokens),
+        )
+
+    for dt in dtypes:
+        bench_dtype(dt)
+    if wanted and "hf-sorted-b16-fp32" in wanted:  # the old plain loop: only when asked for by name
+        measure(
+            "hf-sorted-b16-fp32",
+            "fp32",
+            a.n,
+            lambda: run_hf_sorted(lm_models["fp32"][0], tok, texts, a.max_new_tokens, 16),
+        )
 
     # Output equality at the same dtype, over the prompts both methods ran.
     def match(x: str | None, y: str | None) -> dict | None:
@@ -302,31 +330,27 @@ def main() -> None:
         k = min(len(ox), len(oy))
         return {"pair": [x, y], "prompts": k, "identical": sum(ox[i] == oy[i] for i in range(k))}
 
-    others = [k for k in results if k not in (best_tbr,) and k.endswith("-fp32")]
-    checks = [match(best_tbr, k) for k in others]
-    checks += [
-        match(f"tbr-b{tbr_b16}-bf16", f"lmeval-b{lm_b16}-bf16"),
-        match(f"tbr-b{tbr_b16}-bf16", best_tbr),
-    ]
-    checks = [c for c in checks if c]
-
     def ratio(x: str | None, y: str | None, key: str) -> float | None:
         if x not in results or y not in results:
             return None
         return round(results[x][key] / results[y][key], 2)
 
-    summary = {
-        "best_tbr_fp32": best_tbr,
-        "best_lmeval_fp32": best_lm,
-        "tbr_vs_best_lmeval_fp32": {
-            "cpu": ratio(best_tbr, best_lm, "tok_per_cpu_s"),
-            "wall": ratio(best_tbr, best_lm, "tok_per_s"),
-        },
-        "ratios_cpu": {
-            f"{best_tbr} / {k}": ratio(best_tbr, k, "tok_per_cpu_s") for k in results if k != best_tbr
-        },
-        "equality": checks,
-    }
+    summary: dict = {"native_dtype": native}
+    checks = []
+    for dt in dtypes:
+        bt, bl = best("tbr", dt), best("lmeval", dt)
+        summary[f"best_tbr_{dt}"], summary[f"best_lmeval_{dt}"] = bt, bl
+        summary[f"tbr_vs_best_lmeval_{dt}"] = {
+            "cpu": ratio(bt, bl, "tok_per_cpu_s"),
+            "wall": ratio(bt, bl, "tok_per_s"),
+        }
+        summary[f"ratios_cpu_{dt}"] = {
+            f"{bt} / {k}": ratio(bt, k, "tok_per_cpu_s") for k in results if k != bt and k.endswith(f"-{dt}")
+        }
+        checks += [match(bt, k) for k in results if k != bt and k.endswith(f"-{dt}")]
+    # Across dtypes: how often bf16 gives the fp32 answer (tbr at each dtype's best batch).
+    checks.append(match(best("tbr", "bf16"), best("tbr", "fp32")))
+    summary["equality"] = [c for c in checks if c]
     for k, v in summary.items():
         print(k, json.dumps(v))
     save(summary)

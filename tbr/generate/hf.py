@@ -27,6 +27,7 @@ Where the time goes on a CPU (measured in benchmarks/README.md, "Generation"), a
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -35,6 +36,8 @@ import torch
 from tqdm.auto import tqdm
 
 from tbr.errors import ConfigError, ModelError
+from tbr.generate.attention import NAME as ATTENTION_NAME
+from tbr.generate.attention import use_for
 from tbr.generate.base import (
     DEFAULT_MAX_PROMPT_TOKENS,
     Conversation,
@@ -49,6 +52,8 @@ from tbr.generate.kv import preallocated_cache
 from tbr.io import stable_hash
 from tbr.models import ModelRef, eos_token_ids, load
 
+# A shorter common prefix is not worth its extra forward pass (TransformersBackend._prefill_shared).
+MIN_SHARED_PREFIX = 8
 # Stands in for each message's content while the template renders; no template or text contains it.
 _SLOT = "\x00tbr-slot-{}\x00"
 
@@ -110,12 +115,22 @@ class TransformersBackend:
         loaded: tuple[Any, Any, ModelRef] | None = None,
         max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS,
         kv_cache: str = "preallocated",
+        attention: str = "auto",
+        prefix_sharing: bool = True,
     ):
         # "dynamic" (transformers' DynamicCache) is kept for the benchmark's before/after row; both give
         # the same values, so it is not part of identity().
         if kv_cache not in ("preallocated", "dynamic"):
             raise ConfigError(f"kv_cache must be 'preallocated' or 'dynamic', got {kv_cache!r}")
+        if attention not in ("auto", "sdpa"):
+            raise ConfigError(f"attention must be 'auto' or 'sdpa', got {attention!r}")
         self.model, self.tokenizer, self.ref = loaded or load(model, dtype=dtype, device=device)
+        # auto: bf16 decode steps on CPU use tbr.generate.attention (same numerics as transformers'
+        # eager attention, ~3x faster than SDPA's flash kernel there); everything else stays SDPA.
+        self.attention = "sdpa"
+        if attention == "auto" and use_for(self.model):
+            self.attention = ATTENTION_NAME
+        self.prefix_sharing = prefix_sharing
         self.model_id = self.ref.name
         self.weights_hash = self.ref.weights_hash
         if batch_size < 1:
@@ -138,10 +153,19 @@ class TransformersBackend:
             "weights": self.weights_hash,
             "dtype": self.dtype,
             "batch_size": self.batch_size,
+            # bf16 answers depend on the attention kernel's rounding; fp32 ones do not
+            **({"attention": self.attention} if self.attention != "sdpa" else {}),
+            **({} if self.prefix_sharing else {"prefix_sharing": False}),
         }
 
     def manifest(self) -> dict[str, Any]:
-        return {**self.ref.manifest(), "backend": self.name, "dtype": self.dtype}
+        return {
+            **self.ref.manifest(),
+            "backend": self.name,
+            "dtype": self.dtype,
+            "attention": self.attention,
+            "prefix_sharing": self.prefix_sharing,
+        }
 
     def render(self, conv: Conversation, fmt: str) -> str:
         """The prompt as text (for display; generation uses encode())."""
@@ -216,6 +240,29 @@ class TransformersBackend:
         bar.close()
         return [t or "" for t in out]  # "" only for items outside `batches`
 
+    def _prefill_shared(self, prompts: list[list[int]], cache: Any) -> int:
+        """Prefill the batch's common token prefix once and copy its KV into every row of `cache`.
+
+        Every chat prompt opens with the same template text (SmolLM2's system turn is 24 of ~40 tokens
+        on XSTest), so a batch's prefill is half repeated work. The prefix is run as a batch of one and
+        broadcast; the cache then holds [prefix][padding][rest of each prompt], which attention masks
+        and positions make equal to the left-padded layout: in fp32 the greedy answers stay identical to
+        `model.generate`'s (tests/generate/test_hf.py; benchmarks/generation.py counts them). Returns the
+        prefix length (0: not worth it, or a cache kind this does not handle)."""
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        n = min(len(os.path.commonprefix(prompts)), min(len(p) for p in prompts) - 1)
+        if n < MIN_SHARED_PREFIX or not all(isinstance(x, DynamicLayer) for x in cache.layers):
+            return 0
+        one = DynamicCache(config=self.model.config)
+        self.model(input_ids=torch.tensor([prompts[0][:n]], device=self.model.device), past_key_values=one)
+        b = len(prompts)
+        for i, layer in enumerate(one.layers):
+            k, v = layer.keys, layer.values
+            cache.update(k.expand(b, *k.shape[1:]), v.expand(b, *v.shape[1:]), i)
+        return n
+
     @torch.inference_mode()
     def decode(
         self, prompts: list[list[int]], params: SamplingParams, gen: torch.Generator | None = None
@@ -229,16 +276,21 @@ class TransformersBackend:
 
         dev = self.model.device
         width = max(len(p) for p in prompts)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=dev)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=dev)
-        # Same positions as model.generate: count real tokens only, so left padding changes nothing.
-        pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         # Allocated once for the whole answer: DynamicCache would copy itself every step (tbr.generate.kv).
         if self.kv_cache == "dynamic":
             cache = DynamicCache(config=self.model.config)
         else:
             cache = preallocated_cache(self.model.config, width + params.max_new_tokens)
+        # The chat template's system turn is the same in every prompt: prefill it once.
+        shared = self._prefill_shared(prompts, cache) if self.prefix_sharing else 0
+        rest = [p[shared:] for p in prompts]
+        width = max(len(p) for p in rest)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in rest], device=dev)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rest], device=dev)
+        # Same positions as model.generate: count real tokens only, so left padding changes nothing.
+        pos = shared + (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        mask = torch.cat([mask.new_ones(len(rest), shared), mask], dim=1)  # [prefix][padding][rest]
         eos = torch.tensor(self.eos_ids, device=dev)
         rows = list(range(len(prompts)))  # batch position -> caller's row
         new: list[list[int]] = [[] for _ in prompts]
@@ -255,7 +307,8 @@ class TransformersBackend:
         last_pos = pos[:, -1]
         for step in range(params.max_new_tokens):
             if warp is None:
-                nxt = logits.argmax(-1)
+                # max().indices is argmax (first maximum on ties) and 5x faster on a bf16 CPU tensor
+                nxt = logits.max(-1).indices
             else:
                 probs = torch.softmax(warp(None, logits.float()), dim=-1)
                 nxt = torch.multinomial(probs, 1, generator=gen).squeeze(1)

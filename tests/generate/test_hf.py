@@ -164,3 +164,24 @@ def test_cli_input_out_writes_and_resumes(tmp_path, caplog):
     assert again[:2] == lines[:2] and len(again) == 3  # only the torn row was generated again
     assert json.loads(again[2])["id"] == json.loads(lines[2])["id"]
     assert "generating 1" in caplog.text
+
+
+def test_shared_prefix_prefill_changes_no_token(backend):
+    """The chat template's common prefix is prefilled once per batch; in fp32 every greedy token stays."""
+    from tbr.generate.hf import encode_chat
+
+    ids = [encode_chat(backend.tokenizer, chat(p)) for p in PROMPTS]
+    params = SamplingParams(max_new_tokens=24)
+    shared = dict(backend.decode(ids, params))
+    backend.prefix_sharing = False
+    try:
+        plain = dict(backend.decode(ids, params))
+    finally:
+        backend.prefix_sharing = True
+    assert shared == plain
+    # SmolLM2's template opens every prompt with the same system turn: that is what is shared
+    from transformers import DynamicCache
+
+    assert backend._prefill_shared(ids, DynamicCache(config=backend.model.config)) >= 8
+    raw = [backend.encode(chat(p), "raw") for p in PROMPTS]  # plain text: no common prefix to share
+    assert backend._prefill_shared(raw, DynamicCache(config=backend.model.config)) == 0
