@@ -76,6 +76,7 @@ class TrainJudgeConfig:
     )
     epochs: int = opt(3, "cross-encoder: training epochs")
     seed: int = opt(0, "cross-encoder: seed of the head's data order and initialisation")
+    lomo: bool = opt(True, "also record leave-one-model-out agreement (one more fit per file)")
     class_weight: str = opt(
         "none",
         "none: probabilities follow the training base rates; balanced: each class weighs the same "
@@ -270,7 +271,7 @@ def train(cfg: TrainJudgeConfig) -> Path:
 
         cross_cfg = cfg.cross()
         model, info = fit_cross(items, [g_lab for g in groups for g_lab in g.labels], encoder, cross_cfg, log)
-        if len(groups) >= 2:
+        if len(groups) >= 2 and cfg.lomo:
             held_out, fold_info = lomo_cross_verdicts(groups, encoder, cross_cfg)
             metrics["leave_one_model_out"] = {
                 g.name: {**_summary(score(g.labels, held_out[g.name])), "training": fold_info[g.name]}
@@ -283,7 +284,7 @@ def train(cfg: TrainJudgeConfig) -> Path:
     else:
         x = featurize(items, encoder, cfg.features)
         head, info = fit_head(x, y, gid, cfg.c, cfg.class_weight)
-        if len(groups) >= 2:
+        if len(groups) >= 2 and cfg.lomo:
             held_out = lomo_verdicts(
                 groups, encoder, cfg.features, cfg.c, x_all=x, class_weight=cfg.class_weight
             )
@@ -333,6 +334,49 @@ def train(cfg: TrainJudgeConfig) -> Path:
         extra={"classifier": info, "metrics": metrics},
     )
     return out
+
+
+def cached_cross_judge(data_dir: str | None = None) -> Path:
+    """The `learned-cross` judge dir: trained on first use from the XSTest completions, then cached.
+
+    Its fine-tuned layers are about 14 MB, too large to ship in the package (docs/choices.md), so it is
+    built where the data is: under $TBR_CACHE/judges, keyed by the recipe, the encoder's sha256 and the
+    training files' sha256, so other data or another recipe builds another judge. The folder is
+    written elsewhere and renamed into place, so an interrupted build leaves no half judge behind.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    from tbr.embed import DEFAULT_ENCODER, ENCODERS
+    from tbr.io import cache_dir
+    from tbr.judge.cross import CrossConfig
+    from tbr.judge.learned import JUDGE_FILE
+
+    files = default_completions(data_dir)
+    key = stable_hash(
+        {
+            "recipe": asdict(CrossConfig()),
+            "encoder": ENCODERS[DEFAULT_ENCODER].sha256,
+            "files": [_sha(f) for f in files],
+        },
+        length=16,
+    )
+    final = cache_dir() / "judges" / f"learned-cross-{key}"
+    if (final / JUDGE_FILE).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    log.warning("building the learned-cross judge once (a few CPU minutes) into %s", final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        train(TrainJudgeConfig(out=str(tmp), data_dir=data_dir, design="cross-encoder", lomo=False))
+        os.replace(tmp, final)  # another process may have won the race: then keep its judge
+    except OSError:
+        if not (final / JUDGE_FILE).is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
 
 
 def y_labels(y: np.ndarray) -> list[str]:

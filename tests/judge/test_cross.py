@@ -171,3 +171,25 @@ def test_lomo_protocol_refits_the_cross_encoder(trained, tmp_path):
     assert set(res["held_out"]) == {"model_a", "model_b", "model_c", "all (pooled)"}
     manifest = json.loads((out / "manifest.json").read_text())
     assert json.dumps(manifest).count('"refitted_per_fold": true') == 1
+
+
+def test_learned_cross_is_built_once_and_cached(tmp_path, monkeypatch):
+    """`--judge learned-cross` trains from the data folder's XSTest files on first use, then reuses it."""
+    from tbr.judge.train import XSTEST_COMPLETIONS, cached_cross_judge
+
+    data = tmp_path / "data" / "xstest-completions"
+    data.mkdir(parents=True)
+    for name, topics in zip(XSTEST_COMPLETIONS, (TOPICS[:3], TOPICS[3:6], TOPICS[6:9]), strict=True):
+        _write(data / name, _rows(topics))
+    monkeypatch.setenv("TBR_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("TBR_CACHE", str(tmp_path / "cache"))
+    first = cached_cross_judge()
+    assert first.parent == tmp_path / "cache" / "judges" and (first / CROSS_FILE).is_file()
+    stamp = (first / JUDGE_FILE).stat().st_mtime_ns
+    judge = make_judge("learned-cross")
+    assert judge.name == "learned-cross" and judge.describe()["design"] == "cross-encoder"
+    assert cached_cross_judge() == first and (first / JUDGE_FILE).stat().st_mtime_ns == stamp
+    assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary folder left
+    # Other training data: another judge, not the cached one.
+    _write(data / XSTEST_COMPLETIONS[0], _rows(TOPICS[9:12]))
+    assert cached_cross_judge() != first
