@@ -64,8 +64,18 @@ def _write(path: Path, rows) -> Path:
     return path
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Fine-tuning with torch's default threads on a busy 2-core machine took 245 s instead of 5 s
+    # (threads spinning against each other); one thread keeps the file fast anywhere.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("cross")
     a = _write(root / "model_a.csv", _rows(TOPICS[:9]))
     b = _write(root / "model_b.csv", _rows(TOPICS[9:]))
