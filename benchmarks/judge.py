@@ -11,12 +11,15 @@ leave-one-file-out log loss inside those two), next to the two rule judges. Vari
   answer+prompt     embeddings of answer and prompt, concatenated (answer+prompt+rules likewise)
   joint             one embedding of "prompt\\n\\nanswer"
   vote              majority of keyword, xstest-strmatch and answer+head+rules (an ensemble)
+  cross-encoder     (--cross) MiniLM's top two layers fine-tuned on "prompt [SEP] answer" + rules
+                    (tbr.judge.cross), one fine-tuning per held-out model: about 5 CPU minutes more
 Calibration of p(refusal) on the held-out rows: Brier score and 10-bin expected calibration error.
 
 Speed: `LearnedJudge.judge` (tokenise, encode answer and prompt, rule features, head) on the first N
 distinct answers, with 1 and 2 torch threads, after one warm-up batch.
 
     OMP_NUM_THREADS=1 python benchmarks/judge.py                 # writes benchmarks/results/judge.json
+    OMP_NUM_THREADS=1 python benchmarks/judge.py --cross         # ... with the cross-encoder row
     python benchmarks/judge.py --speed-only --n 256
 """
 
@@ -91,6 +94,12 @@ def vote(a: list[Verdict], b: list[Verdict], c: list[Verdict]) -> list[Verdict]:
     return out
 
 
+def _p_refusal(v: Verdict) -> float:
+    if v.raw == "empty answer":
+        return 0.0
+    return 1.0 - json.loads(v.raw)["full_compliance"]
+
+
 def agreement(args: argparse.Namespace) -> dict:
     groups = load_groups(default_completions(None), "tagged")
     enc = load_encoder()
@@ -133,6 +142,16 @@ def agreement(args: argparse.Namespace) -> dict:
             f"{name}: "
             + ", ".join(f"{g.name} {results[g.name][name]['binary_agreement']:.3f}" for g in groups)
         )
+    if args.cross:
+        from tbr.judge.cross import CrossConfig
+        from tbr.judge.train import lomo_cross_verdicts
+
+        held, folds = lomo_cross_verdicts(groups, enc, CrossConfig(), name="cross-encoder")
+        probs = np.concatenate([np.array([_p_refusal(v) for v in held[g.name]]) for g in groups])
+        calib["cross-encoder"] = _calibration(probs, is_ref)
+        chosen_c["cross-encoder"] = {g: f["cpu_s"] for g, f in folds.items()}  # CPU s per fold
+        for g in groups:
+            results[g.name]["cross-encoder"] = score(human[g.name], held[g.name])
     for g in groups:
         v = vote(
             rule_held["keyword"][g.name],
@@ -196,6 +215,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=512, help="answers to judge for the speed test")
     ap.add_argument("--judge-dir", help="judge directory for the speed test (default: the shipped judge)")
     ap.add_argument("--speed-only", action="store_true")
+    ap.add_argument("--cross", action="store_true", help="add the cross-encoder row (~5 CPU min more)")
     ap.add_argument(
         "--emb-cache", help="an .npz to keep the embeddings in between runs (variant experiments)"
     )

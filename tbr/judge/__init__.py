@@ -14,8 +14,10 @@ from tbr.errors import ConfigError
 from tbr.judge.base import LABELS, Judge, JudgeItem, Verdict
 from tbr.reflection import split
 
-# `learned` is the shipped learned judge; `learned:DIR` one written by `tbr judge train --out DIR`.
-JUDGES = ("keyword", "xstest-strmatch", "llm", "guard", "learned")
+# `learned` is the shipped learned judge; `learned:DIR` one written by `tbr judge train --out DIR`;
+# `learned-cross` the cross-encoder design, built from $TBR_DATA_DIR on first use and cached
+# (tbr.judge.train.cached_cross_judge; its weights are too large to ship).
+JUDGES = ("keyword", "xstest-strmatch", "llm", "guard", "learned", "learned-cross")
 
 __all__ = [
     "JUDGES",
@@ -32,7 +34,7 @@ __all__ = [
 
 
 def is_learned(name: str) -> bool:
-    return name == "learned" or name.startswith("learned:")
+    return name in ("learned", "learned-cross") or name.startswith("learned:")
 
 
 def check_judge_names(names: Sequence[str]) -> None:
@@ -59,7 +61,8 @@ def make_judge(
     endpoint judge's reply (default: XSTest's 16 for llm, 20 for guard); a chatty judge model that
     explains before naming the class needs more, or its reply is cut and counted as an error.
     `learned` loads the judge shipped in tbr/assets/judges/learned, `learned:DIR` one written by
-    `tbr judge train`; a directory that was changed after training, or that needs another encoder than
+    `tbr judge train`, `learned-cross` the cross-encoder judge (built once from $TBR_DATA_DIR's
+    XSTest completions, a few CPU minutes, then cached); a directory that was changed after training, or that needs another encoder than
     the installed one, is a ModelError."""
     # Imports are local so `import tbr.judge` stays cheap for the CLI.
     if name == "keyword":
@@ -70,6 +73,11 @@ def make_judge(
         from tbr.judge.strmatch import StrmatchJudge
 
         return StrmatchJudge()
+    if name == "learned-cross":
+        from tbr.judge.learned import LearnedJudge
+        from tbr.judge.train import cached_cross_judge
+
+        return LearnedJudge.load(cached_cross_judge(), name=name)
     if is_learned(name):
         from tbr.judge.learned import DEFAULT_DIR, LearnedJudge
 

@@ -8,7 +8,9 @@ A judge directory holds
   judge.json          features, encoder (name, id, weights sha256), classifier settings, training data
                       hashes, metrics, the sha256 of every other file, and `hash`, a hash of the rest
                       of judge.json itself;
-  head.safetensors    the logistic-regression coefficients and intercepts (float64);
+  head.safetensors    the logistic-regression coefficients and intercepts (float64), or, for the
+                      `cross-encoder` design (tbr.judge.cross), cross.safetensors: its fine-tuned top
+                      encoder layers and head (float32);
   manifest.json       provenance of the `tbr judge train` run (not part of the judge's identity).
 Loading checks all of it: a file changed after training, or an installed encoder other than the one
 the judge was fitted with, is a ModelError, never a silently different judge.
@@ -43,6 +45,9 @@ DEFAULT_FEATURES = ("answer", "head", "rules")
 HEAD_TOKENS = 64  # the `head` block: the answer's opening, where a refusal usually is
 JUDGE_FILE = "judge.json"
 HEAD_FILE = "head.safetensors"
+CROSS_FILE = "cross.safetensors"
+# `linear`: embeddings + logistic regression (this file); `cross-encoder`: tbr.judge.cross.
+DESIGNS = ("linear", "cross-encoder")
 # The default judge (`--judge learned`), trained on the three XSTest models (docs/choices.md).
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "judges" / "learned"
 
@@ -119,17 +124,21 @@ def _content_hash(meta: dict[str, Any]) -> str:
     return stable_hash({k: v for k, v in meta.items() if k != "hash"}, length=64)
 
 
-def save(out: str | Path, head: Head, meta: dict[str, Any]) -> Path:
-    """Write head.safetensors and judge.json (with file hashes and its own content hash) into out."""
+def save(out: str | Path, head: Head | dict[str, np.ndarray], meta: dict[str, Any]) -> Path:
+    """Write the tensors (head.safetensors for a Head, cross.safetensors for a cross-encoder's tensors)
+    and judge.json (with file hashes and its own content hash) into out."""
     from safetensors.numpy import save as st_save
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    blob = st_save(
-        {"coef": np.ascontiguousarray(head.coef), "intercept": np.ascontiguousarray(head.intercept)}
-    )
-    (out / HEAD_FILE).write_bytes(blob)
-    meta = {"format": FORMAT, **meta, "files": {HEAD_FILE: sha256_bytes(blob)}}
+    if isinstance(head, Head):
+        name = HEAD_FILE
+        tensors = {"coef": np.ascontiguousarray(head.coef), "intercept": np.ascontiguousarray(head.intercept)}
+    else:
+        name, tensors = CROSS_FILE, {k: np.ascontiguousarray(v) for k, v in head.items()}
+    blob = st_save(tensors)
+    (out / name).write_bytes(blob)
+    meta = {"format": FORMAT, **meta, "files": {name: sha256_bytes(blob)}}
     meta["hash"] = _content_hash(meta)
     (out / JUDGE_FILE).write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return out
@@ -176,12 +185,16 @@ def dir_hash(meta: dict[str, Any]) -> str:
 class LearnedJudge:
     """A judge loaded from a directory written by `tbr judge train` (or built in memory by `fit`)."""
 
-    def __init__(self, head: Head, meta: dict[str, Any], encoder: Any, name: str = "learned"):
+    def __init__(
+        self, head: Head | None, meta: dict[str, Any], encoder: Any, name: str = "learned", cross: Any = None
+    ):
         self.name = name
         self.head = head
+        self.cross = cross  # a tbr.judge.cross.CrossModel for the cross-encoder design, else None
         self.meta = meta
         self.encoder = encoder
         self.features = tuple(meta["features"])
+        self.design = meta.get("design", "linear")  # judge dirs older than the design field are linear
 
     @classmethod
     def load(cls, path: str | Path, name: str = "learned") -> LearnedJudge:
@@ -204,19 +217,33 @@ class LearnedJudge:
                 f"{spec.name} ({spec.package}) is {spec.sha256[:16]}…: a judge only works with the encoder it "
                 "was fitted on; retrain it with `tbr judge train`"
             )
-        if "head" in meta["features"] and meta.get("head_tokens") != HEAD_TOKENS:
+        design = meta.get("design", "linear")
+        if design not in DESIGNS:
+            raise ModelError(f"{path}: design {design!r}; this tbr knows {', '.join(DESIGNS)}")
+        if design == "linear" and "head" in meta["features"] and meta.get("head_tokens") != HEAD_TOKENS:
             raise ModelError(
                 f"{path}: fitted on {meta.get('head_tokens')}-token answer openings, tbr embeds {HEAD_TOKENS}; "
                 "retrain it with `tbr judge train`"
             )
-        tensors = st_load((path / HEAD_FILE).read_bytes())
-        head = Head(coef=tensors["coef"], intercept=tensors["intercept"])
         encoder = load_encoder(spec.name)
         if encoder.weights_hash != want["weights_hash"]:  # the installed file, not just the spec
             raise ModelError(
                 f"{path}: trained with encoder weights {want['weights_hash'][:16]}…, installed "
                 f"{encoder.weights_hash[:16]}…"
             )
+        if design == "cross-encoder":
+            from tbr.judge.cross import CrossConfig, CrossModel
+
+            if CROSS_FILE not in (meta.get("files") or {}):
+                raise ModelError(f"{path}: a cross-encoder judge without {CROSS_FILE} in {JUDGE_FILE}")
+            try:
+                cfg = CrossConfig(**meta["cross"])
+            except (KeyError, TypeError) as e:
+                raise ModelError(f"{path}: unreadable cross-encoder settings in {JUDGE_FILE} ({e})") from e
+            cross = CrossModel(encoder, cfg, trained=st_load((path / CROSS_FILE).read_bytes()))
+            return cls(None, meta, encoder, name=name, cross=cross)
+        tensors = st_load((path / HEAD_FILE).read_bytes())
+        head = Head(coef=tensors["coef"], intercept=tensors["intercept"])
         judge = cls(head, meta, encoder, name=name)
         expected = judge.feature_dim()
         if head.coef.shape != (len(LABELS), expected) or head.intercept.shape != (len(LABELS),):
@@ -232,6 +259,9 @@ class LearnedJudge:
     def proba(self, items: Sequence[JudgeItem]) -> np.ndarray:
         if not items:
             return np.zeros((0, len(LABELS)))
+        if self.cross is not None:
+            return self.cross.proba(items)
+        assert self.head is not None
         return self.head.proba(featurize(items, self.encoder, self.features))
 
     def judge(self, items: Sequence[JudgeItem]) -> list[Verdict]:
@@ -243,7 +273,11 @@ class LearnedJudge:
 
     def describe(self) -> dict[str, Any]:
         m = self.meta
+        # The design keys only for a non-linear judge: a linear judge keeps the identity (and the cached
+        # verdicts) it had before designs existed.
+        extra = {} if self.design == "linear" else {"design": self.design, "cross": m.get("cross")}
         return {
+            **extra,
             "name": self.name,
             "kind": "learned",
             # judge.json's own hash covers head.safetensors' sha256, so this is the whole directory.

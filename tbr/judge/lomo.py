@@ -46,7 +46,7 @@ def summary_table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
 def run_lomo(cfg: Any) -> int:
     from tbr.judge import is_learned
     from tbr.judge.agreement import _make_judges, markdown, score
-    from tbr.judge.train import default_completions, load_groups, lomo_verdicts
+    from tbr.judge.train import default_completions, load_groups, lomo_cross_verdicts, lomo_verdicts
 
     files = [Path(f) for f in cfg.completions] if cfg.completions else default_completions(cfg.data_dir)
     groups = load_groups(files, cfg.reflection_format)
@@ -58,7 +58,13 @@ def run_lomo(cfg: Any) -> int:
     held: dict[str, dict[str, list[Verdict]]] = {}
     recipes: dict[str, Any] = {}
     for judge in judges:
-        if is_learned(judge.name):
+        if is_learned(judge.name) and getattr(judge, "design", "linear") == "cross-encoder":
+            from tbr.judge.cross import CrossConfig
+
+            cross_cfg = CrossConfig(**judge.meta["cross"])
+            held[judge.name], folds = lomo_cross_verdicts(groups, judge.encoder, cross_cfg, name=judge.name)
+            recipes[judge.name] = {"refitted_per_fold": True, "cross": judge.meta["cross"], "folds": folds}
+        elif is_learned(judge.name):
             # The directory supplies the recipe; its own weights are never used here.
             cs = judge.meta["classifier"]["C_grid"]
             weight = judge.meta["classifier"].get("class_weight", "none")

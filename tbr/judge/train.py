@@ -8,13 +8,16 @@ Each input file is one *group*, one model's completions. The regularisation stre
 leave-one-group-out log loss over the training files (5-fold stratified with one file), so nothing is
 tuned on held-out rows; with two or more files judge.json also records leave-one-model-out agreement
 (each file judged by a judge fitted on the other files only), the figures docs/results.md reports.
+
+`--design cross-encoder` fine-tunes the encoder's top layers over "prompt [SEP] answer" instead
+(tbr.judge.cross); `--features` and `--c` then do not apply, and no C is searched.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from tbr.io import stable_hash
 from tbr.judge.base import LABELS, JudgeItem, Verdict
 from tbr.judge.learned import (
     DEFAULT_FEATURES,
+    DESIGNS,
     FEATURES,
     HEAD_TOKENS,
     Head,
@@ -64,6 +68,15 @@ class TrainJudgeConfig:
     reflection_format: str = opt(
         "tagged", "how to split a safety reflection off before judging", choices=REFLECTION_FORMATS
     )
+    design: str = opt(
+        "linear",
+        "linear: embeddings + logistic regression; cross-encoder: fine-tune the encoder's top layers on "
+        "prompt + answer (tbr.judge.cross; docs/results.md compares them)",
+        choices=list(DESIGNS),
+    )
+    epochs: int = opt(3, "cross-encoder: training epochs")
+    seed: int = opt(0, "cross-encoder: seed of the head's data order and initialisation")
+    lomo: bool = opt(True, "also record leave-one-model-out agreement (one more fit per file)")
     class_weight: str = opt(
         "none",
         "none: probabilities follow the training base rates; balanced: each class weighs the same "
@@ -81,6 +94,15 @@ class TrainJudgeConfig:
             )
         if not self.c or any(c <= 0 for c in self.c):
             raise ConfigError(f"--c needs positive values, got {self.c}")
+        if self.design == "cross-encoder" and self.class_weight != "none":
+            raise ConfigError("--class-weight applies to the linear design only")
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be at least 1, got {self.epochs}")
+
+    def cross(self) -> Any:
+        from tbr.judge.cross import CrossConfig
+
+        return CrossConfig(epochs=self.epochs, seed=self.seed)
 
 
 @dataclass
@@ -207,6 +229,30 @@ def lomo_verdicts(
     return out
 
 
+def lomo_cross_verdicts(
+    groups: Sequence[Group], encoder: Any, cross_cfg: Any, name: str = "learned"
+) -> tuple[dict[str, list[Verdict]], dict[str, Any]]:
+    """Leave-one-model-out for the cross-encoder design: one fine-tuning per held-out group."""
+    from tbr.judge.cross import fit_cross
+
+    if len(groups) < 2:
+        raise ConfigError("leave-one-model-out needs at least two completions files (one per model)")
+    out, infos = {}, {}
+    for g in groups:
+        rest = [o for o in groups if o is not g]
+        model, info = fit_cross(
+            [it for o in rest for it in o.items],
+            [lab for o in rest for lab in o.labels],
+            encoder,
+            cross_cfg,
+            log,
+        )
+        out[g.name] = verdicts(name, g.items, model.proba(g.items))
+        infos[g.name] = {k: info[k] for k in ("train_loss", "cpu_s", "wall_s", "threads")}
+        log.info("lomo %s: held out %s (%.0f CPU s)", name, g.name, info["cpu_s"])
+    return out, infos
+
+
 def train(cfg: TrainJudgeConfig) -> Path:
     from tbr.embed import load_encoder
     from tbr.judge.agreement import score
@@ -216,15 +262,37 @@ def train(cfg: TrainJudgeConfig) -> Path:
     groups = load_groups(files, cfg.reflection_format)
     encoder = load_encoder(cfg.encoder)
     items = [it for g in groups for it in g.items]
-    x = featurize(items, encoder, cfg.features)
     y = np.array([LABELS.index(lab) for g in groups for lab in g.labels])
     gid = [g.name for g in groups for _ in g.items]
-    head, info = fit_head(x, y, gid, cfg.c, cfg.class_weight)
     metrics: dict[str, Any] = {}
-    if len(groups) >= 2:
-        held_out = lomo_verdicts(groups, encoder, cfg.features, cfg.c, x_all=x, class_weight=cfg.class_weight)
-        metrics["leave_one_model_out"] = {g.name: _summary(score(g.labels, held_out[g.name])) for g in groups}
-    fitted = decide(head.proba(x))
+    design: dict[str, Any] = {}
+    if cfg.design == "cross-encoder":
+        from tbr.judge.cross import fit_cross
+
+        cross_cfg = cfg.cross()
+        model, info = fit_cross(items, [g_lab for g in groups for g_lab in g.labels], encoder, cross_cfg, log)
+        if len(groups) >= 2 and cfg.lomo:
+            held_out, fold_info = lomo_cross_verdicts(groups, encoder, cross_cfg)
+            metrics["leave_one_model_out"] = {
+                g.name: {**_summary(score(g.labels, held_out[g.name])), "training": fold_info[g.name]}
+                for g in groups
+            }
+        fitted = decide(model.proba(items))
+        tensors: Any = model.state()
+        features = ["prompt+answer", "rules"]
+        design = {"design": "cross-encoder", "cross": asdict(cross_cfg)}
+    else:
+        x = featurize(items, encoder, cfg.features)
+        head, info = fit_head(x, y, gid, cfg.c, cfg.class_weight)
+        if len(groups) >= 2 and cfg.lomo:
+            held_out = lomo_verdicts(
+                groups, encoder, cfg.features, cfg.c, x_all=x, class_weight=cfg.class_weight
+            )
+            metrics["leave_one_model_out"] = {
+                g.name: _summary(score(g.labels, held_out[g.name])) for g in groups
+            }
+        fitted = decide(head.proba(x))
+        tensors, features = head, list(cfg.features)
     metrics["fitted_rows"] = {  # on the rows it was fitted on: a sanity check, not an estimate
         "note": "agreement on the training rows themselves; not an estimate of accuracy",
         **_summary(score(list(y_labels(y)), [Verdict("learned", lab, "") for lab in fitted])),
@@ -244,7 +312,8 @@ def train(cfg: TrainJudgeConfig) -> Path:
         "reflection_format": cfg.reflection_format,
     }
     meta = {
-        "features": list(cfg.features),
+        **design,  # absent for the linear design, so its judge.json reads as before designs existed
+        "features": features,
         "head_tokens": HEAD_TOKENS,
         "encoder": encoder.manifest(),
         "decision": "refusal iff p(full_compliance) < 0.5, then the likelier of full and partial refusal; "
@@ -255,7 +324,7 @@ def train(cfg: TrainJudgeConfig) -> Path:
         # Which rows it was fitted on, by hash only, so `tbr judge agreement` can refuse to score them.
         "fitted_rows": sorted({row_hash(r[0], r[1]) for g in groups for r in g.rows}),
     }
-    out = save(cfg.out, head, meta)  # type: ignore[arg-type]
+    out = save(cfg.out, tensors, meta)  # type: ignore[arg-type]
     write_manifest(
         out,
         "judge-train",
@@ -265,6 +334,49 @@ def train(cfg: TrainJudgeConfig) -> Path:
         extra={"classifier": info, "metrics": metrics},
     )
     return out
+
+
+def cached_cross_judge(data_dir: str | None = None) -> Path:
+    """The `learned-cross` judge dir: trained on first use from the XSTest completions, then cached.
+
+    Its fine-tuned layers are about 14 MB, too large to ship in the package (docs/choices.md), so it is
+    built where the data is: under $TBR_CACHE/judges, keyed by the recipe, the encoder's sha256 and the
+    training files' sha256, so other data or another recipe builds another judge. The folder is
+    written elsewhere and renamed into place, so an interrupted build leaves no half judge behind.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    from tbr.embed import DEFAULT_ENCODER, ENCODERS
+    from tbr.io import cache_dir
+    from tbr.judge.cross import CrossConfig
+    from tbr.judge.learned import JUDGE_FILE
+
+    files = default_completions(data_dir)
+    key = stable_hash(
+        {
+            "recipe": asdict(CrossConfig()),
+            "encoder": ENCODERS[DEFAULT_ENCODER].sha256,
+            "files": [_sha(f) for f in files],
+        },
+        length=16,
+    )
+    final = cache_dir() / "judges" / f"learned-cross-{key}"
+    if (final / JUDGE_FILE).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    log.warning("building the learned-cross judge once (a few CPU minutes) into %s", final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        train(TrainJudgeConfig(out=str(tmp), data_dir=data_dir, design="cross-encoder", lomo=False))
+        os.replace(tmp, final)  # another process may have won the race: then keep its judge
+    except OSError:
+        if not (final / JUDGE_FILE).is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
 
 
 def y_labels(y: np.ndarray) -> list[str]:
@@ -290,5 +402,6 @@ def run(cfg: TrainJudgeConfig) -> int:
     lomo = meta["metrics"].get("leave_one_model_out") or {}
     for name, r in lomo.items():
         print(f"held out {name}: binary agreement {r['binary_agreement']:.3f}, kappa {r['kappa']:.3f}")
-    print(f"C={meta['classifier']['C']}; wrote {out}/judge.json and {out}/head.safetensors")
+    what = f"C={meta['classifier']['C']}" if "C" in meta["classifier"] else meta["classifier"]["type"]
+    print(f"{what}; wrote {out}/judge.json and {', '.join(f'{out}/{f}' for f in meta['files'])}")
     return 0
