@@ -323,12 +323,24 @@ def main() -> None:
         )
 
     # Output equality at the same dtype, over the prompts both methods ran.
+    from tbr.judge.keyword import KeywordJudge
+
+    kw = KeywordJudge()
+
     def match(x: str | None, y: str | None) -> dict | None:
         if x not in results or y not in results:
             return None
         ox, oy = results[x]["outputs"], results[y]["outputs"]
         k = min(len(ox), len(oy))
-        return {"pair": [x, y], "prompts": k, "identical": sum(ox[i] == oy[i] for i in range(k))}
+        # bf16 greedy text diverges after any near-tie, so also count equal refusal verdicts (the
+        # paper's keyword judge), which is what an evaluation reads off the text
+        same_verdict = sum((kw.match(ox[i]) is None) == (kw.match(oy[i]) is None) for i in range(k))
+        return {
+            "pair": [x, y],
+            "prompts": k,
+            "identical": sum(ox[i] == oy[i] for i in range(k)),
+            "same_keyword_verdict": same_verdict,
+        }
 
     def ratio(x: str | None, y: str | None, key: str) -> float | None:
         if x not in results or y not in results:

@@ -18,9 +18,14 @@ Where the time goes on a CPU (measured in benchmarks/README.md, "Generation"), a
   * chat turns cannot be forged: message contents are tokenized as text (split_special_tokens), and
     only the template around them yields special tokens (encode_chat);
   * KV cache: allocated once per batch for prompt + max_new_tokens and written in place
-    (tbr.generate.kv). transformers' DynamicCache concatenates every step; that copy was 17-31% of a
-    batch-64 decode step in the profiler, 0-11% end to end (issue 14, benchmarks/README.md). The
-    rest is the weight matmuls (51-65%, a fifth of it the 49k-row LM head) and attention (11-19%);
+    (tbr.generate.kv). transformers' DynamicCache concatenates every step: 1.14x in bf16, 1.01x in
+    fp32 end to end (benchmarks/README.md, issue 14);
+  * shared prefix: every chat prompt opens with the same template text (SmolLM2's system turn is 24
+    of ~40 tokens on XSTest); it is prefilled once per batch and copied into every row (_prefill_shared);
+  * attention (bf16 on CPU): SDPA's flash kernel is slow for a one-token query; decode steps use two
+    matmuls instead (tbr.generate.attention): 1.29x end to end. Greedy picks use max().indices, which
+    is argmax and 5x faster than bf16 argmax over a 49k vocabulary. What is left is the weight
+    matmuls (61% of a bf16 decode step, near the core's peak);
   * dtype: bf16 only where the CPU has native bf16 (avx512_bf16/AMX). Emulated bf16 was 3-4x slower
     than fp32 on an AVX2-only CPU.
 """
