@@ -113,8 +113,6 @@ def run_tbr(model, tok, ref, convs, max_new, bs, kv_cache="preallocated", attent
         kv_cache=kv_cache,
         attention=attention,
     )
-    if attention == "sdpa":  # an earlier auto backend may have switched this shared copy
-        model.set_attn_implementation("sdpa")
     return be.generate(convs, SamplingParams(max_new_tokens=max_new))
 
 

@@ -135,6 +135,10 @@ class TransformersBackend:
         self.attention = "sdpa"
         if attention == "auto" and use_for(self.model):
             self.attention = ATTENTION_NAME
+        elif (
+            self.model.config._attn_implementation == ATTENTION_NAME
+        ):  # a shared model another backend switched
+            self.model.set_attn_implementation("sdpa")
         self.prefix_sharing = prefix_sharing
         self.model_id = self.ref.name
         self.weights_hash = self.ref.weights_hash

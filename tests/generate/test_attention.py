@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -63,3 +64,19 @@ def test_use_for_switches_bf16_cpu_models_only():
         assert attention.use_for(bf16) and bf16.config._attn_implementation == attention.NAME
         after = bf16(input_ids=ids).logits  # prefill: still SDPA, so bit for bit the same
     assert torch.equal(before, after)
+
+
+def test_backend_attention_setting_is_what_the_model_runs():
+    """A model shared by two backends runs what the newer one asked for (and its identity says so)."""
+    from tbr.generate.hf import TransformersBackend
+    from tbr.models import BUILTINS, DEFAULT_MODEL, load
+
+    if not BUILTINS[DEFAULT_MODEL].installed():
+        pytest.skip(f"{DEFAULT_MODEL} not installed")
+    loaded = load(DEFAULT_MODEL, dtype="bf16", device="cpu")
+    fast = TransformersBackend(DEFAULT_MODEL, progress=False, loaded=loaded)
+    assert fast.attention == attention.NAME == loaded[0].config._attn_implementation
+    assert fast.identity()["attention"] == attention.NAME
+    plain = TransformersBackend(DEFAULT_MODEL, progress=False, loaded=loaded, attention="sdpa")
+    assert plain.attention == "sdpa" == loaded[0].config._attn_implementation
+    assert "attention" not in plain.identity()
