@@ -789,11 +789,20 @@ def execute(
                     f"[{i}/{len(stages)}] {stage.dirname}: running (elapsed {_fmt_s(time.time() - t0)}"
                     + (f", est. left ≥ {_fmt_s(left)})" if left >= 1 else ")")
                 )
-                s0 = time.time()
+                s0, c0 = time.time(), time.process_time()
                 info = _execute(stage, out, root)
+                # Stages run in this process, so its CPU time (all threads) is the stage's: on a shared
+                # machine it is the steadier cost figure than the wall clock.
+                cpu = time.process_time() - c0
                 write_json_atomic(
                     out / "DONE.json",
-                    {"stage": stage.kind, "key": stage.key, "seconds": time.time() - s0, **info},
+                    {
+                        "stage": stage.kind,
+                        "key": stage.key,
+                        "seconds": time.time() - s0,
+                        "cpu_seconds": cpu,
+                        **info,
+                    },
                 )
                 durations[stage.kind] = time.time() - s0
                 done[stage.dirname] = ran = True
@@ -821,6 +830,11 @@ def write_report(exp: Experiment, root: Path, session: dict[str, Any] | None = N
         s.dirname: _stage_seconds(root / s.dirname)
         for s in stages
         if (root / s.dirname / "DONE.json").exists()
+    }
+    cpu = {
+        d: float(c)
+        for d in seconds
+        if (c := json.loads((root / d / "DONE.json").read_text()).get("cpu_seconds")) is not None
     }
     variants = []
     for s in stages:
@@ -852,6 +866,9 @@ def write_report(exp: Experiment, root: Path, session: dict[str, Any] | None = N
             "sessions": [*previous.get("sessions", []), *([session] if session else [])],
             "total_stage_s": sum(seconds.values()),
             "stage_seconds": seconds,
+            # CPU seconds of the stages that recorded them (DONE.json files before this field have none)
+            "stage_cpu_seconds": cpu,
+            "total_stage_cpu_s": sum(cpu.values()),
         },
     )
     from tbr.report import report

@@ -443,6 +443,10 @@ def test_tiny_run_end_to_end_then_rerun_and_resume(tmp_path):
     assert all((root / s.dirname / "DONE.json").exists() for s in stages)
     runs = json.loads((root / "runs.json").read_text())
     assert [v["name"] for v in runs["variants"]] == ["base", "w/o", "internal γ=1"]
+    # every stage records its CPU time beside its wall time, and runs.json sums both
+    assert set(runs["stage_cpu_seconds"]) == set(runs["stage_seconds"]) == {s.dirname for s in stages}
+    assert all(c > 0 for c in runs["stage_cpu_seconds"].values())
+    assert runs["total_stage_cpu_s"] == pytest.approx(sum(runs["stage_cpu_seconds"].values()))
     assert (root / "report.html").stat().st_size > 1000 and (root / "report.md").exists()
     base_build = next(s for s in stages if s.kind == "build" and s.label == "wo-g0.0")
     assert (
