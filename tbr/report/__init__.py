@@ -154,6 +154,7 @@ def report(
         for t in (
             tables.differences(variants, judge, judges),
             tables.per_seed(variants, judge, judges),
+            tables.curve_gaps(variants, judge),
             tables.gate(variants, judge),
             tables.per_type(variants, type_suites, judge),
             tables.other_suites(variants, judge),

@@ -18,6 +18,9 @@ from tbr.report.collect import Cell, Variant, load_samples, sort_key, verdict_la
 from tbr.stats import bootstrap, seed_rates, spread
 
 COMPLIANCE = "full_compliance"
+# The trade-off's axes: safety (x, lower is safer) against false refusal (y, higher is better).
+TRADEOFF_X = [("xstest-unsafe", "XS-H"), ("malicious-instruct", "Mal")]
+TRADEOFF_Y = [("xstest-safe", "XS-S"), ("or-bench-hard", "ORB")]
 
 
 @dataclass
@@ -234,3 +237,18 @@ class ArmVariant(Variant):
 def one_per_arm(variants: list[Variant]) -> list[Variant]:
     """The variants with each multi-seed arm folded into one (its seeds' aggregate)."""
     return [a.first if a.seeds == 1 else ArmVariant(a) for a in arms(variants)]
+
+
+def curve_gap(curve: list[tuple[float, float]], x: float) -> float | None:
+    """The w/o curve's y at x: models at the same x are one point (their mean y), the points are joined
+    by straight lines, and outside their x range there is no curve (None, no extrapolation)."""
+    by_x: dict[float, list[float]] = {}
+    for xx, y in curve:
+        by_x.setdefault(xx, []).append(y)
+    pts = sorted((xx, sum(ys) / len(ys)) for xx, ys in by_x.items())
+    if not pts or not pts[0][0] <= x <= pts[-1][0]:
+        return None
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False):
+        if x0 <= x <= x1:
+            return y0 + (x - x0) / (x1 - x0) * (y1 - y0)
+    return pts[0][1]  # a single point, at exactly x

@@ -11,6 +11,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from tbr.report.arms import TRADEOFF_X, TRADEOFF_Y
 from tbr.report.collect import SOURCE_ORDER, Cell, Variant, sort_key
 
 SOURCE_LABEL = {"base": "base", "none": "w/o", "internal": "Int", "external": "Ext"}
@@ -192,8 +193,6 @@ def gamma_curves(
 
 
 # Trade-off axes: (suite, short name); x = how often harmful prompts are answered, y = safe ones.
-TRADEOFF_X = [("xstest-unsafe", "XS-H"), ("malicious-instruct", "Mal")]
-TRADEOFF_Y = [("xstest-safe", "XS-S"), ("or-bench-hard", "ORB")]
 
 
 def tradeoff(variants: list[Variant], path: Path, judge: str | None = None) -> Path | None:

@@ -142,6 +142,44 @@ def per_seed(
     return Table("Each seed's model", header, rows, "Per model, 95% Wilson intervals (judges as in Table 3).")
 
 
+def curve_gaps(variants: list[Variant], judge: str | None = None) -> Table | None:
+    """Does TBR improve the trade-off or only move along it? Per TBR model (each seed on its own), its
+    false-refusal rate minus the w/o curve's at the same safety rate: the curve through every w/o model
+    of the same base model (the safety-share arms and the main w/o, each seed a point), linearly
+    interpolated. Positive: above the curve (a better trade-off); about 0: a move along it."""
+    have = {s for v in variants for s in v.suites()}
+    pairs = [(x, y) for y in A.TRADEOFF_Y for x in A.TRADEOFF_X if x[0] in have and y[0] in have]
+    rows: list[list[Value]] = []
+    for group in dict.fromkeys(v.group for v in variants):
+        mine = sorted((v for v in variants if v.group == group), key=sort_key)
+        wo = [v for v in mine if v.source == "none" and v.safety_n]
+        tbr = [v for v in mine if v.gamma and v.source not in (None, "none", "base")]
+        if len({v.safety_n for v in wo}) < 2 or not tbr:
+            continue
+        for v in tbr:
+            row: list[Value] = [group, v.arm, "—" if v.seed is None else str(v.seed)]
+            for (xs, _), (ys, _) in pairs:
+                pts = [
+                    (c.value, d.value) for w in wo if (c := w.rate(xs, judge)) and (d := w.rate(ys, judge))
+                ]
+                cx, cy = v.rate(xs, judge), v.rate(ys, judge)
+                at = A.curve_gap(pts, cx.value) if cx and cy else None
+                # round first: -0.001 is shown as +0.00, not -0.00
+                row.append(f"{round(cy.value - at, 2) + 0.0:+.2f}" if cx and cy and at is not None else "—")
+            rows.append(row)
+    if not rows:
+        return None
+    header = ["model", "setting", "seed"] + [f"{y[1]} at the same {x[1]}" for x, y in pairs]
+    note = (
+        "Each TBR model's compliance on the false-refusal suite minus that of the w/o curve at the TBR "
+        "model's compliance on the safety suite. The curve runs through every w/o model (trained on "
+        "different amounts of safety data, each seed its own point), linearly interpolated; — = outside "
+        "the curve's range. Positive = above the curve: more false-refusal compliance for the same "
+        "safety, a better trade-off; about 0 = a move along it; negative = below it."
+    )
+    return Table("Trade-off: TBR against the w/o curve", header, rows, note)
+
+
 def differences(
     variants: list[Variant], judge: str | None = None, judges: dict[str, str] | None = None
 ) -> Table | None:

@@ -165,6 +165,45 @@ def test_report_renders_mean_and_interval_per_arm(run_dir: Path, tmp_path: Path)
         assert (tmp_path / fig).stat().st_size > 10_000 and f"({fig})" in md
 
 
+def test_the_curve_is_interpolated_between_wo_models_never_extrapolated() -> None:
+    from tbr.report.arms import curve_gap
+
+    curve = [(0.2, 0.5), (0.0, 0.1), (0.0, 0.3)]  # two seeds at x = 0: their mean
+    assert curve_gap(curve, 0.1) == pytest.approx(0.35)
+    assert curve_gap(curve, 0.0) == pytest.approx(0.2)
+    assert curve_gap(curve, 0.2) == pytest.approx(0.5)
+    assert curve_gap(curve, 0.3) is None and curve_gap([], 0.1) is None
+
+
+def test_each_tbr_model_is_placed_against_the_wo_curve(run_dir: Path, tmp_path: Path) -> None:
+    """One row per TBR model (seed), none for w/o models; each cell is the model's XS-S minus the curve
+    through all w/o models (n=50, 200, 400, every seed) at the model's XS-H."""
+    from tbr.report.arms import curve_gap
+
+    report([str(run_dir)], str(tmp_path))
+    md = (tmp_path / "report.md").read_text()
+    sec = md.split("## Trade-off: TBR against the w/o curve")[1].split("\n## ")[0]
+    assert "| model | setting | seed | XS-S at the same XS-H | ORB at the same XS-H |" in sec
+    rows = [
+        [c.strip() for c in line.strip("|").split("|")]
+        for line in sec.splitlines()
+        if line.startswith("| m |")
+    ]
+    assert [(r[1], r[2]) for r in rows] == [
+        (a, str(s)) for a in ("internal γ=0.5", "internal γ=1") for s in (0, 1, 2)
+    ]
+    _, variants = collect([run_dir])
+    wo = [v for v in variants if v.source == "none"]
+    assert len(wo) == 9
+    curve = [(v.rate("xstest-unsafe").value, v.rate("xstest-safe").value) for v in wo]
+    for r in rows:
+        v = next(x for x in variants if x.arm == r[1] and str(x.seed) == r[2])
+        want = v.rate("xstest-safe").value - curve_gap(curve, v.rate("xstest-unsafe").value)
+        assert float(r[3]) == pytest.approx(want, abs=0.006)
+    # the fixture's γ=1 answers 0.7 of XS-S at 0.1 XS-H (before its reflection gate), the curve ~0.36 there
+    assert sum(float(r[3]) for r in rows if r[1] == "internal γ=1") / 3 > 0.05
+
+
 def test_no_tradeoff_figure_without_a_safety_sweep(tmp_path: Path) -> None:
     rng = random.Random(1)
     _eval_dir(tmp_path / "ev", ARMS["w/o"][1], rng)
