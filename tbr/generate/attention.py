@@ -70,8 +70,9 @@ def register() -> str:
 def use_for(model: Any) -> bool:
     """Switch a bf16 CPU model that runs SDPA to decode_attention. Returns whether it switched.
 
-    Prefill, fp32 and other devices still reach SDPA through decode_attention's fallback, so a model
-    shared with other code (attribution, training) computes exactly what it did before."""
+    Prefill (several query tokens), fp32 and other devices still reach SDPA through decode_attention's
+    fallback, so other code sharing the model (attribution and training run whole sequences) computes
+    exactly what it did before; only one-token bf16 steps change."""
     if model.device.type != "cpu" or model.dtype != torch.bfloat16:
         return False
     if getattr(model.config, "_attn_implementation", None) not in ("sdpa", NAME):
