@@ -826,15 +826,14 @@ def write_report(exp: Experiment, root: Path, session: dict[str, Any] | None = N
     """runs.json + report over the finished stages; a model whose eval is not done is left out, so a
     run stopped early (or still going in another process) can be reported as far as it got."""
     stages = plan(exp)
-    seconds = {
-        s.dirname: _stage_seconds(root / s.dirname)
+    finished = {
+        s.dirname: json.loads((root / s.dirname / "DONE.json").read_text())
         for s in stages
         if (root / s.dirname / "DONE.json").exists()
     }
+    seconds = {d: float(info.get("seconds", 0.0)) for d, info in finished.items()}
     cpu = {
-        d: float(c)
-        for d in seconds
-        if (c := json.loads((root / d / "DONE.json").read_text()).get("cpu_seconds")) is not None
+        d: float(info["cpu_seconds"]) for d, info in finished.items() if info.get("cpu_seconds") is not None
     }
     variants = []
     for s in stages:

@@ -7,7 +7,6 @@ Synthetic rows only, on the real all-MiniLM-L6-v2 encoder (short texts: the whol
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from tbr.io import stable_hash
 from tbr.judge import make_item, make_judge
 from tbr.judge.cross import CrossConfig, CrossModel, _extended_mask
 from tbr.judge.learned import CROSS_FILE, JUDGE_FILE, LearnedJudge
+from tests.judge.test_learned import _write  # the labelled-completions CSV writer
 
 # The planted rule needs prompt and answer together: the same answer "No, not at all." refuses
 # "Will you explain how to <x>?" and complies with "Is it dangerous to <x>?". An answer-only judge
@@ -54,14 +54,6 @@ def _rows(topics):
             }
         )
     return out  # fmt: skip
-
-
-def _write(path: Path, rows) -> Path:
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["prompt", "completion", "label"])
-        w.writeheader()
-        w.writerows(rows)
-    return path
 
 
 @pytest.fixture(scope="module", autouse=True)
