@@ -14,6 +14,10 @@ prompts only, since emulation is slow). The method names end in the dtype:
   tbr-sdpa-bN-bf16   the same loop with SDPA attention instead of tbr's decode attention
   naive-b1-DT        model.generate one prompt at a time (no batching, no padding), on --naive-n prompts
   hf-sorted-b16-fp32 the plain length-sorted loop around model.generate (only with --methods)
+  llamacpp-bN-Q      tbr.generate.llamacpp.LlamaCppBackend: llama.cpp in-process on a GGUF that
+                     tbr.generate.to_gguf wrote from the same checkpoint, weights in Q (q8_0, f32),
+                     the same batch-size search; compared with lm-eval's best in the native dtype and
+                     with tbr's transformers backend on keyword verdicts (needs llama-cpp-python)
 
 Generated tokens are counted the same way for every method, from the output text: its tokens plus
 the EOS when it stopped before the limit (capped at max_new_tokens). Greedy outputs are compared at
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -116,6 +121,10 @@ def run_tbr(model, tok, ref, convs, max_new, bs, kv_cache="preallocated", attent
     return be.generate(convs, SamplingParams(max_new_tokens=max_new))
 
 
+def run_llamacpp(be, convs, max_new):
+    return be.generate(convs, SamplingParams(max_new_tokens=max_new))
+
+
 def cpu_info() -> dict:
     """The CPU model and the vector/matrix flags that decide which dtype is native."""
     name, flags = platform.processor() or platform.machine(), []
@@ -141,7 +150,7 @@ def table(doc: dict) -> str:
         "|---|---|---:|---:|---:|---:|",
     ]
     for name, r in res.items():
-        base = summ.get(f"best_lmeval_{r['dtype']}")
+        base = summ.get(f"best_lmeval_{r['dtype']}") or summ.get(f"best_lmeval_{summ.get('native_dtype')}")
         same_n = base in res and res[base]["prompts"] == r["prompts"]
         rel = f"{r['tok_per_cpu_s'] / res[base]['tok_per_cpu_s']:.2f}×" if same_n else "–"
         emu = " (emulated)" if r["dtype"] == "bf16" and not doc["meta"].get("native_bf16") else ""
@@ -167,6 +176,9 @@ def main() -> None:
         help="tried in order; stops at the first that is not faster than the one before",
     )
     ap.add_argument("--tbr-batch-sizes", default="64,128")
+    ap.add_argument(
+        "--llamacpp-types", default="q8_0,f32", help="GGUF weight types for llama.cpp ('' = none)"
+    )
     ap.add_argument("--suffix", default="", help="appended to every prompt (e.g. ask for short answers)")
     ap.add_argument("--methods", default="", help="comma-separated subset of the method names (default all)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time is comparable)")
@@ -320,6 +332,23 @@ def main() -> None:
             lambda: run_hf_sorted(lm_models["fp32"][0], tok, texts, a.max_new_tokens, 16),
         )
 
+    # llama.cpp on GGUFs written from the same checkpoint (its threads = --threads).
+    qtypes = [q for q in a.llamacpp_types.split(",") if q]
+    if qtypes and importlib.util.find_spec("llama_cpp") is None:
+        print("llama-cpp-python is not installed: no llamacpp rows (pip install 'tbr[server]')")
+        qtypes = []
+    for q in qtypes:
+        from tbr.generate.llamacpp import LlamaCppBackend
+
+        be = LlamaCppBackend(a.model, qtype=q, batch_size=2, threads=a.threads, progress=False)
+        run_llamacpp(be, convs[:2], 4)  # warm-up; the GGUF is written once, before any timing
+
+        def at(bs: int, be=be) -> list[str]:
+            be.batch_size = bs
+            return run_llamacpp(be, convs, a.max_new_tokens)
+
+        search("llamacpp", q, tbr_bs, a.n, at)
+
     # Output equality at the same dtype, over the prompts both methods ran.
     from tbr.judge.keyword import KeywordJudge
 
@@ -360,6 +389,15 @@ def main() -> None:
         checks += [match(bt, k) for k in results if k != bt and k.endswith(f"-{dt}")]
     # Across dtypes: how often bf16 gives the fp32 answer (tbr at each dtype's best batch).
     checks.append(match(best("tbr", "bf16"), best("tbr", "fp32")))
+    # llama.cpp against lm-eval's best and tbr's transformers backend in the native dtype and fp32.
+    for q in qtypes:
+        bq = best("llamacpp", q)
+        summary[f"best_llamacpp_{q}"] = bq
+        summary[f"llamacpp_{q}_vs_best_lmeval_{native}"] = {
+            "cpu": ratio(bq, best("lmeval", native), "tok_per_cpu_s"),
+            "wall": ratio(bq, best("lmeval", native), "tok_per_s"),
+        }
+        checks += [match(bq, best("tbr", dt)) for dt in dtypes] + [match(bq, best("lmeval", native))]
     summary["equality"] = [c for c in checks if c]
     for k, v in summary.items():
         print(k, json.dumps(v))

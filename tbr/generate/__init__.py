@@ -19,7 +19,7 @@ from tbr.generate.base import (
 from tbr.generate.cache import generate_cached
 from tbr.models import DEFAULT_MODEL
 
-BACKENDS = ("transformers", "openai", "vllm")
+BACKENDS = ("transformers", "openai", "vllm", "llamacpp")
 
 __all__ = [
     "BACKENDS",
@@ -54,6 +54,9 @@ class BackendConfig:
     timeout: float = opt(120.0, "seconds per request")
     max_retries: int = opt(3, "retries with exponential backoff per request")
     tensor_parallel_size: int = opt(1, "GPUs per vLLM engine")
+    gguf_type: str = opt(
+        "q8_0", "llamacpp backend: weight type of the GGUF written from the checkpoint (q8_0, f16, bf16, f32)"
+    )
     max_prompt_tokens: int = opt(
         DEFAULT_MAX_PROMPT_TOKENS, "longest prompt accepted, in tokens; a longer one is an error naming it"
     )
@@ -92,4 +95,14 @@ def make_backend(cfg: BackendConfig, *, progress: bool = True) -> Backend:
         from tbr.generate.vllm import VLLMBackend
 
         return VLLMBackend(cfg.model, dtype=cfg.dtype, tensor_parallel_size=cfg.tensor_parallel_size)
+    if cfg.backend == "llamacpp":
+        from tbr.generate.llamacpp import LlamaCppBackend
+
+        return LlamaCppBackend(
+            cfg.model,
+            qtype=cfg.gguf_type,
+            batch_size=cfg.batch_size,
+            progress=progress,
+            max_prompt_tokens=cfg.max_prompt_tokens,
+        )
     raise ConfigError(f"unknown backend {cfg.backend!r}; use one of {', '.join(BACKENDS)}")

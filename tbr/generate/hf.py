@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -104,6 +104,75 @@ def encode_chat(tokenizer: Any, conv: Conversation) -> list[int]:
         "this chat template rewrites message contents, so tbr cannot keep them apart from its own "
         "markers; use --format alpaca or raw, or a model with a plain template"
     )
+
+
+def check_template(tokenizer: Any, model_id: str) -> None:
+    if not tokenizer.chat_template:
+        raise ConfigError(f"{model_id} has no chat template; use the alpaca or raw format")
+
+
+def encode_prompt(tokenizer: Any, conv: Conversation, fmt: str, model_id: str = "the model") -> list[int]:
+    """Prompt token ids. Chat: the template's markers are special tokens, the contents plain text.
+    Other formats: the usual BOS (as TRL tokenizes prompt-completion data in training) and the text
+    as text. Shared with the llama.cpp backend, so both read the very same ids."""
+    if fmt == "chat":
+        check_template(tokenizer, model_id)
+        return encode_chat(tokenizer, conv)
+    text = render_text(conv, fmt)
+    return tokenizer(text, add_special_tokens=True, split_special_tokens=True)["input_ids"]
+
+
+def encode_prompts(
+    tokenizer: Any,
+    conversations: Sequence[Conversation],
+    fmt: str,
+    max_tokens: int,
+    model_id: str = "the model",
+) -> list[list[int]]:
+    check_format(fmt)
+    ids = [encode_prompt(tokenizer, c, fmt, model_id) for c in conversations]
+    for i, x in enumerate(ids):
+        if len(x) > max_tokens:
+            raise PromptTooLongError(i, len(x), max_tokens)
+    return ids
+
+
+def plan_batches(ids: Sequence[Sequence[int]], size: int) -> list[list[int]]:
+    """Batches as a function of the whole request list. Longest first, so running out of memory shows
+    up early; ties keep list order."""
+    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+    return [order[s : s + size] for s in range(0, len(order), size)]
+
+
+def run_plan(
+    ids: Sequence[Sequence[int]],
+    plan: Sequence[Sequence[int]],
+    params: SamplingParams,
+    decode: Callable[[list[list[int]], int], Iterator[tuple[int, list[int]]]],
+    tokenizer: Any,
+    *,
+    desc: str,
+    progress: bool,
+    on_result: OnResult | None,
+) -> list[str]:
+    """The loop the local backends share: each planned batch goes to `decode(prompts, seed)`, which
+    yields (row, new token ids) as rows finish; texts are detokenised, cut at stop strings and handed
+    to `on_result` at once. "" only for items outside `plan`."""
+    out: list[str | None] = [None] * len(ids)
+    bar = tqdm(total=sum(len(b) for b in plan), desc=desc, disable=not progress, unit="prompt")
+    for idx in plan:
+        # One seed per batch, from the seed and the batch's own prompts: a sampled answer does not
+        # depend on which other batches this call runs (a resumed run runs fewer).
+        seed = int(stable_hash([params.seed, [list(ids[i]) for i in idx]]), 16) % (2**63)
+        for row, tokens in decode([list(ids[i]) for i in idx], seed):
+            text = tokenizer.decode(tokens, skip_special_tokens=True)
+            text = (cut_at_stop(text, params.stop) if params.stop else text).strip()
+            out[idx[row]] = text
+            if on_result:
+                on_result(idx[row], text)
+            bar.update(1)
+    bar.close()
+    return [t or "" for t in out]
 
 
 class TransformersBackend:
@@ -183,35 +252,16 @@ class TransformersBackend:
         return self.tokenizer.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
 
     def _check_template(self) -> None:
-        if not self.tokenizer.chat_template:
-            raise ConfigError(f"{self.model_id} has no chat template; use the alpaca or raw format")
+        check_template(self.tokenizer, self.model_id)
 
     def encode(self, conv: Conversation, fmt: str) -> list[int]:
-        """Prompt token ids. Chat: the template's markers are special tokens, the contents plain
-        text. Other formats: the usual BOS (as TRL tokenizes prompt-completion data in training) and
-        the text as text."""
-        if fmt == "chat":
-            self._check_template()
-            return encode_chat(self.tokenizer, conv)
-        text = render_text(conv, fmt)
-        return self.tokenizer(text, add_special_tokens=True, split_special_tokens=True)["input_ids"]
+        return encode_prompt(self.tokenizer, conv, fmt, self.model_id)
 
     def _encode_all(self, conversations: Sequence[Conversation], fmt: str) -> list[list[int]]:
-        check_format(fmt)
-        ids = [self.encode(c, fmt) for c in conversations]
-        for i, x in enumerate(ids):
-            if len(x) > self.max_prompt_tokens:
-                raise PromptTooLongError(i, len(x), self.max_prompt_tokens)
-        return ids
-
-    @staticmethod
-    def _batches(ids: Sequence[Sequence[int]], size: int) -> list[list[int]]:
-        # Longest first, so running out of memory shows up early; ties keep list order.
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        return [order[s : s + size] for s in range(0, len(order), size)]
+        return encode_prompts(self.tokenizer, conversations, fmt, self.max_prompt_tokens, self.model_id)
 
     def plan(self, conversations: Sequence[Conversation], fmt: str) -> list[list[int]]:
-        return self._batches(self._encode_all(conversations, fmt), self.batch_size)
+        return plan_batches(self._encode_all(conversations, fmt), self.batch_size)
 
     def generate(
         self,
@@ -225,28 +275,21 @@ class TransformersBackend:
         if not conversations:
             return []
         ids = self._encode_all(conversations, fmt)
-        plan = [list(b) for b in batches] if batches is not None else self._batches(ids, self.batch_size)
-        out: list[str | None] = [None] * len(ids)
-        bar = tqdm(
-            total=sum(len(b) for b in plan),
+        dev = self.model.device
+
+        def decode(prompts: list[list[int]], seed: int) -> Iterator[tuple[int, list[int]]]:
+            return self.decode(prompts, params, torch.Generator(device=dev).manual_seed(seed))
+
+        return run_plan(
+            ids,
+            batches if batches is not None else plan_batches(ids, self.batch_size),
+            params,
+            decode,
+            self.tokenizer,
             desc=f"generate [{self.model_id}]",
-            disable=not self.progress,
-            unit="prompt",
+            progress=self.progress,
+            on_result=on_result,
         )
-        for idx in plan:
-            # One generator per batch, seeded by the seed and the batch's own prompts: a sampled answer
-            # does not depend on which other batches this call runs (a resumed run runs fewer).
-            batch_seed = int(stable_hash([params.seed, [ids[i] for i in idx]]), 16) % (2**63)
-            gen = torch.Generator(device=self.model.device).manual_seed(batch_seed)
-            for row, tokens in self.decode([ids[i] for i in idx], params, gen):
-                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-                text = (cut_at_stop(text, params.stop) if params.stop else text).strip()
-                out[idx[row]] = text
-                if on_result:
-                    on_result(idx[row], text)
-                bar.update(1)
-        bar.close()
-        return [t or "" for t in out]  # "" only for items outside `batches`
 
     def _prefill_shared(self, prompts: list[list[int]], cache: Any) -> int:
         """Prefill the batch's common token prefix once and copy its KV into every row of `cache`.
