@@ -1,10 +1,11 @@
 """Batched generation with llama.cpp in-process (llama-cpp-python's C API), from a GGUF file.
 
-Why: on a CPU a decode step is the weight matmuls (61% of a bf16 step in transformers, near the
-core's peak, tbr.generate.hf). llama.cpp reads q8_0 weights (a quarter of fp32's bytes) with integer
-dot products, so the same step costs less. llama-cpp-python's server has no parallel slots, so the
-batching is done here: one llama_batch carries a token for every live row (each its own sequence in
-one unified KV cache), the way llama.cpp's `batched` example does it.
+Why it exists: on a CPU a decode step is the weight matmuls (61% of a bf16 step in transformers,
+tbr.generate.hf), and llama.cpp reads q8_0 weights (a quarter of fp32's bytes) with integer dot
+products. Measured on an AVX2 CPU at batch 64 it is still slower than the transformers loop (q8_0
+1.15x lm-eval against tbr's 1.27x; benchmarks/README.md), so it is an option, not the default.
+llama-cpp-python's server has no parallel slots, so the batching is done here: one llama_batch carries
+a token for every live row, each row its own sequence with its own KV stream.
 
 What stays the transformers backend's: the tokenizer, the chat encoding (tbr.generate.hf.encode_chat),
 the batch plan, the stop strings and the detokenisation, so only the model arithmetic differs. The
