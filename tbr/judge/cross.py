@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,7 @@ import numpy as np
 from tbr.errors import DataError, ModelError
 from tbr.judge.base import LABELS, JudgeItem
 from tbr.judge.learned import rule_features
+from tbr.models import cpu_supports_bf16
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,9 @@ class CrossConfig:
     weight_decay: float = 0.01
     rules: bool = True  # concatenate the keyword and xstest-strmatch verdicts to the pooled vector
     seed: int = 0
-    bf16: bool = True  # autocast on CPU: AVX512-BF16 machines run it natively
+    # bf16 autocast only where the CPU computes bf16 natively: emulated, it was several times slower
+    # than fp32 on an AVX2 CPU (a judge dir records the value it was trained with)
+    bf16: bool = field(default_factory=cpu_supports_bf16)
 
     def check(self, layers: int) -> None:
         if not 0 <= self.frozen < layers:
