@@ -146,7 +146,7 @@ def table(doc: dict) -> str:
     """The results as a markdown table, each row against lm-eval's best setting in the same dtype."""
     res, summ = doc["results"], doc.get("summary") or {}
     lines = [
-        "| method | dtype | prompts | tok / CPU-s | tok/s wall | ÷ best lm-eval, same dtype |",
+        "| method | dtype | prompts | tok / CPU-s | tok/s wall | ÷ best lm-eval, same dtype (llamacpp: native) |",
         "|---|---|---:|---:|---:|---:|",
     ]
     for name, r in res.items():
