@@ -12,6 +12,8 @@ prompts only, since emulation is slow). The method names end in the dtype:
                      in bf16), the same batch-size search
   tbr-dyncache-bN-DT the same loop with transformers' DynamicCache, at tbr's best batch
   tbr-sdpa-bN-bf16   the same loop with SDPA attention instead of tbr's decode attention
+  tbr-plainlinear-bN-bf16  the same loop with plain F.linear instead of weights packed once per batch
+                     (tbr.generate.packed; only where oneDNN has native bf16)
   naive-b1-DT        model.generate one prompt at a time (no batching, no padding), on --naive-n prompts
   hf-sorted-b16-fp32 the plain length-sorted loop around model.generate (only with --methods)
   llamacpp-bN-Q      tbr.generate.llamacpp.LlamaCppBackend: llama.cpp in-process on a GGUF that
@@ -109,7 +111,7 @@ def run_lmeval(model, tok, texts, max_new, bs):
     return lm.generate_until(reqs, disable_tqdm=True)
 
 
-def run_tbr(model, tok, ref, convs, max_new, bs, kv_cache="preallocated", attention="auto"):
+def run_tbr(model, tok, ref, convs, max_new, bs, kv_cache="preallocated", attention="auto", linear="auto"):
     be = TransformersBackend(
         ref.name,
         batch_size=bs,
@@ -117,6 +119,7 @@ def run_tbr(model, tok, ref, convs, max_new, bs, kv_cache="preallocated", attent
         loaded=(model, tok, ref),
         kv_cache=kv_cache,
         attention=attention,
+        linear=linear,
     )
     return be.generate(convs, SamplingParams(max_new_tokens=max_new))
 
@@ -182,6 +185,12 @@ def main() -> None:
     ap.add_argument("--suffix", default="", help="appended to every prompt (e.g. ask for short answers)")
     ap.add_argument("--methods", default="", help="comma-separated subset of the method names (default all)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time is comparable)")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs per method; the fastest counts (a shared machine's noise)",
+    )
     ap.add_argument("--quick", action="store_true", help="8 prompts, 16 new tokens: a smoke test")
     ap.add_argument("--table", metavar="JSON", help="only print the table of an earlier run's results file")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "generation.json"))
@@ -228,6 +237,7 @@ def main() -> None:
         "suffix": a.suffix,
         "max_new_tokens": a.max_new_tokens,
         "threads": a.threads,
+        "repeats": a.repeats,
         "quick": a.quick,
         **cpu_info(),
         "torch": torch.__version__,
@@ -244,8 +254,12 @@ def main() -> None:
     def measure(name: str, dt: str, n: int, fn) -> float | None:
         if wanted is not None and name not in wanted:
             return None
-        with Timer() as tm:
-            outs = fn()
+        runs = []
+        for _ in range(a.repeats):  # the fastest of N back-to-back runs, the same for every method
+            with Timer() as t:
+                outs = fn()
+            runs.append((t, outs))
+        tm, outs = min(runs, key=lambda r: r[0].cpu)
         toks = sum(count(o) for o in outs)
         load1 = os.getloadavg()[0]
         results[name] = {
@@ -258,6 +272,9 @@ def main() -> None:
             "tok_per_cpu_s": round(toks / tm.cpu, 2),
             "stopped_early": sum(count(o) < a.max_new_tokens for o in outs),
             "loadavg_1m_after": round(load1, 1),
+            **({"cpu_s_runs": [round(t.cpu, 2) for t, _ in runs]} if a.repeats > 1 else {}),
+            # greedy decoding is deterministic: every repeat must give the same text
+            **({"repeats_identical": all(o == outs for _, o in runs)} if a.repeats > 1 else {}),
             "outputs": [o.strip() for o in outs],
         }
         print(
@@ -314,6 +331,12 @@ def main() -> None:
                 dt,
                 n,
                 lambda: run_tbr(*tbr_models[dt], convs[:n], a.max_new_tokens, b0, attention="sdpa"),
+            )
+            measure(
+                f"tbr-plainlinear-b{b0}-{dt}",
+                dt,
+                n,
+                lambda: run_tbr(*tbr_models[dt], convs[:n], a.max_new_tokens, b0, linear="plain"),
             )
         measure(
             f"naive-b1-{dt}",

@@ -20,6 +20,7 @@ distinct answers, with 1 and 2 torch threads, after one warm-up batch.
 
     OMP_NUM_THREADS=1 python benchmarks/judge.py                 # writes benchmarks/results/judge.json
     OMP_NUM_THREADS=1 python benchmarks/judge.py --cross         # ... with the cross-encoder row
+    OMP_NUM_THREADS=1 python benchmarks/judge.py --cross --cross-variants 4:3,0:3,0:5   # more layers/epochs
     python benchmarks/judge.py --speed-only --n 256
 """
 
@@ -146,12 +147,20 @@ def agreement(args: argparse.Namespace) -> dict:
         from tbr.judge.cross import CrossConfig
         from tbr.judge.train import lomo_cross_verdicts
 
-        held, folds = lomo_cross_verdicts(groups, enc, CrossConfig(), name="cross-encoder")
-        probs = np.concatenate([np.array([_p_refusal(v) for v in held[g.name]]) for g in groups])
-        calib["cross-encoder"] = _calibration(probs, is_ref)
-        chosen_c["cross-encoder"] = {g: f["cpu_s"] for g, f in folds.items()}  # CPU s per fold
-        for g in groups:
-            results[g.name]["cross-encoder"] = score(human[g.name], held[g.name])
+        for spec in args.cross_variants.split(","):
+            frozen, epochs = (int(x) for x in spec.split(":"))
+            cfg = CrossConfig(frozen=frozen, epochs=epochs)
+            name = "cross-encoder" if cfg == CrossConfig() else f"cross-encoder-f{frozen}-e{epochs}"
+            held, folds = lomo_cross_verdicts(groups, enc, cfg, name=name)
+            probs = np.concatenate([np.array([_p_refusal(v) for v in held[g.name]]) for g in groups])
+            calib[name] = _calibration(probs, is_ref)
+            chosen_c[name] = {g: f["cpu_s"] for g, f in folds.items()}  # CPU s per fold
+            for g in groups:
+                results[g.name][name] = score(human[g.name], held[g.name])
+            print(
+                f"{name}: "
+                + ", ".join(f"{g.name} {results[g.name][name]['binary_agreement']:.3f}" for g in groups)
+            )
     for g in groups:
         v = vote(
             rule_held["keyword"][g.name],
@@ -216,6 +225,12 @@ def main() -> None:
     ap.add_argument("--judge-dir", help="judge directory for the speed test (default: the shipped judge)")
     ap.add_argument("--speed-only", action="store_true")
     ap.add_argument("--cross", action="store_true", help="add the cross-encoder row (~5 CPU min more)")
+    ap.add_argument(
+        "--cross-variants",
+        default="4:3",
+        help="with --cross: FROZEN:EPOCHS per row, comma-separated (4:3 is tbr's default: the lower 4 of "
+        "MiniLM's 6 layers frozen, 3 epochs; 0:4 fine-tunes all six layers for 4 epochs)",
+    )
     ap.add_argument(
         "--emb-cache", help="an .npz to keep the embeddings in between runs (variant experiments)"
     )

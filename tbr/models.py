@@ -287,12 +287,22 @@ def _resolve_hub(repo_id: str) -> ModelRef:
     return ref
 
 
-def cpu_supports_bf16() -> bool:
+def _cpu_flags() -> str:
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
+        return ""
+
+
+def cpu_supports_bf16() -> bool:
+    flags = _cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_has_amx() -> bool:
+    """Intel AMX tiles (Sapphire Rapids and later): oneDNN and ggml take other kernels there."""
+    flags = _cpu_flags()
+    return "amx_int8" in flags or "amx_bf16" in flags
 
 
 def pick_dtype(dtype: str = "auto", device: str = "cpu") -> Any:

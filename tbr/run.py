@@ -584,11 +584,21 @@ def _external_server(values: dict[str, Any], key: str) -> Iterator[dict[str, Any
     if not serve or values.get("api_base"):
         yield values
         return
+    from tbr.errors import EndpointError
     from tbr.serve import LlamaServer
 
     with LlamaServer(serve, port=_port_for(key)) as server:
         log.info("started local OpenAI-compatible server for %s at %s", serve, server.base_url)
-        yield {**values, "api_base": server.base_url, "api_model": server.model}
+        try:
+            yield {**values, "api_base": server.base_url, "api_model": server.model}
+        except EndpointError as e:
+            # "connection error" on every request usually means the server died: say so, with its log
+            if server.proc is not None and server.proc.poll() is not None:
+                raise EndpointError(
+                    f"{e}\nthe local llama.cpp server for {serve} exited with code "
+                    f"{server.proc.returncode} during the stage; its output ends with:\n{server.log_tail()}"
+                ) from e
+            raise
     log.info("stopped the local server")
 
 

@@ -60,7 +60,8 @@ def resolve_gguf(model: str) -> tuple[Path, str]:
 
 
 class LlamaServer:
-    """`python -m llama_cpp.server` in a child process; `.base_url` ends in /v1, `.model` is its alias."""
+    """`python -m tbr.llama_server` (llama_cpp.server) in a child process; `.base_url` ends in /v1,
+    `.model` is its alias."""
 
     def __init__(
         self,
@@ -88,11 +89,12 @@ class LlamaServer:
 
     def command(self) -> list[str]:
         # One request at a time: llama-cpp-python's server serialises requests on one model anyway
-        # (it has no parallel slots), so concurrency only queues on the server side.
+        # (it has no parallel slots), so concurrency only queues on the server side. tbr.llama_server is
+        # llama_cpp.server with ggml's AMX repacking off where it crashes (its docstring).
         return [
             sys.executable,
             "-m",
-            "llama_cpp.server",
+            "tbr.llama_server",
             "--model",
             str(self.gguf),
             "--model_alias",

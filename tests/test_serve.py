@@ -142,3 +142,47 @@ def test_sigterm_to_tbr_stops_the_server_it_started(tmp_path):
         assert _gone(server_pid)
     finally:
         proc.kill()
+
+
+@pytest.mark.slow
+def test_server_answers_a_completion_where_the_cpu_has_amx(openai_server):
+    """Not only /models: on a Xeon with AMX, plain llama_cpp.server died on its first completion
+    (ggml's AMX repacking); tbr.llama_server switches that off there."""
+    from tbr.generate import SamplingParams
+    from tbr.generate.openai import OpenAIBackend
+
+    be = OpenAIBackend(openai_server.base_url, openai_server.model)
+    out = be.generate([[{"role": "user", "content": "Say hello."}]], SamplingParams(max_new_tokens=8))
+    assert out[0].strip()
+    assert openai_server.proc.poll() is None  # still running
+
+
+def test_disable_amx_repack_only_on_amx_cpus(monkeypatch):
+    ll = require_module("llama_cpp", "pip install 'tbr[server]'").llama_cpp
+    from tbr import llama_server
+
+    monkeypatch.setattr(ll, "llama_model_default_params", ll.llama_model_default_params)  # undone after
+    monkeypatch.setattr(llama_server, "cpu_has_amx", lambda: False)
+    assert not llama_server.disable_amx_repack()
+    assert ll.llama_model_default_params().use_extra_bufts  # llama.cpp's own default stays
+    monkeypatch.setattr(llama_server, "cpu_has_amx", lambda: True)
+    assert llama_server.disable_amx_repack() and llama_server.disable_amx_repack()  # idempotent
+    assert not ll.llama_model_default_params().use_extra_bufts
+    assert not hasattr(ll.llama_model_default_params.tbr_default, "tbr_default")  # wrapped once
+
+
+@pytest.mark.slow
+def test_a_server_that_dies_during_a_stage_is_named_in_the_error(monkeypatch):
+    require_module("llama_cpp", "pip install 'tbr[server]'")
+    from tbr.run import _external_server
+
+    started: list[LlamaServer] = []
+    start = LlamaServer.start
+    monkeypatch.setattr(LlamaServer, "start", lambda self: started.append(self) or start(self))
+    dies = pytest.raises(EndpointError, match=r"exited with code -9 during the stage")
+    with dies, _external_server({"serve": "smollm2-135m-instruct"}, "d1e5") as values:
+        assert values["api_base"] == started[0].base_url
+        started[0].proc.kill()
+        started[0].proc.wait()
+        raise EndpointError("3/3 requests failed after retries; first: Connection error.")
+    assert started[0].proc is None  # stopped (and its log closed) all the same

@@ -54,6 +54,8 @@ from tbr.generate.base import (
     render_text,
 )
 from tbr.generate.kv import PreallocatedLayer, preallocated_cache
+from tbr.generate.packed import packed_linears
+from tbr.generate.packed import usable as packed_usable
 from tbr.io import stable_hash
 from tbr.models import ModelRef, eos_token_ids, load
 
@@ -191,6 +193,7 @@ class TransformersBackend:
         kv_cache: str = "preallocated",
         attention: str = "auto",
         prefix_sharing: bool = True,
+        linear: str = "auto",
     ):
         # "dynamic" (transformers' DynamicCache) is kept for the benchmark's before/after row; both give
         # the same values, so it is not part of identity().
@@ -198,6 +201,8 @@ class TransformersBackend:
             raise ConfigError(f"kv_cache must be 'preallocated' or 'dynamic', got {kv_cache!r}")
         if attention not in ("auto", "sdpa"):
             raise ConfigError(f"attention must be 'auto' or 'sdpa', got {attention!r}")
+        if linear not in ("auto", "plain"):
+            raise ConfigError(f"linear must be 'auto' or 'plain', got {linear!r}")
         self.model, self.tokenizer, self.ref = loaded or load(model, dtype=dtype, device=device)
         # auto: bf16 decode steps on CPU use tbr.generate.attention (the numerics of transformers'
         # eager attention; 1.29x end to end over SDPA's flash kernel there); everything else stays SDPA.
@@ -208,6 +213,9 @@ class TransformersBackend:
         elif self.model.config._attn_implementation == ATTENTION_NAME:
             self.model.set_attn_implementation("sdpa")
         self.prefix_sharing = prefix_sharing
+        # auto: bf16 on a CPU with native bf16 decodes with weights packed once per batch
+        # (tbr.generate.packed: bit-identical outputs, so not part of identity()).
+        self.linear = "packed" if linear == "auto" and packed_usable(self.model) else "plain"
         self.model_id = self.ref.name
         self.weights_hash = self.ref.weights_hash
         if batch_size < 1:
@@ -242,6 +250,7 @@ class TransformersBackend:
             "dtype": self.dtype,
             "attention": self.attention,
             "prefix_sharing": self.prefix_sharing,
+            "linear": self.linear,
         }
 
     def render(self, conv: Conversation, fmt: str) -> str:
@@ -317,7 +326,6 @@ class TransformersBackend:
             cache.update(k.expand(b, *k.shape[1:]), v.expand(b, *v.shape[1:]), i)
         return n
 
-    @torch.inference_mode()
     def decode(
         self, prompts: list[list[int]], params: SamplingParams, gen: torch.Generator | None = None
     ) -> Iterator[tuple[int, list[int]]]:
@@ -326,6 +334,16 @@ class TransformersBackend:
         The returned ids include the EOS token when the row stopped at one (it decodes to nothing with
         skip_special_tokens). Rows are dropped from the batch and the KV cache as soon as they finish.
         """
+        if self.linear != "packed":
+            yield from self._decode(prompts, params, gen)
+            return
+        with packed_linears(self.model, len(prompts)):
+            yield from self._decode(prompts, params, gen)
+
+    @torch.inference_mode()
+    def _decode(
+        self, prompts: list[list[int]], params: SamplingParams, gen: torch.Generator | None
+    ) -> Iterator[tuple[int, list[int]]]:
         from transformers import DynamicCache
 
         dev = self.model.device

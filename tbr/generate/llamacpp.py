@@ -28,6 +28,7 @@ from tbr.generate.base import DEFAULT_MAX_PROMPT_TOKENS, Conversation, OnResult,
 from tbr.generate.hf import encode_prompts, plan_batches, run_plan
 from tbr.generate.to_gguf import QTYPES, export_gguf
 from tbr.io import cache_dir
+from tbr.llama_server import disable_amx_repack
 from tbr.models import BUILTINS, builtin_gguf, eos_token_ids, load, load_tokenizer, resolve
 
 INSTALL_HINT = "pip install 'tbr[server]'"
@@ -100,6 +101,8 @@ class LlamaCppBackend:
         self.eos_ids = _eos_ids(self.ref, self.tokenizer)
         llama_cpp.llama_backend_init()
         llama_cpp.llama_log_set(_QUIET, None)  # llama.cpp logs every context it makes to stderr
+        # ggml's AMX weight repacking segfaults in llama_decode on quantised weights (tbr.llama_server)
+        self.extra_bufts = not disable_amx_repack()
         params = llama_cpp.llama_model_default_params()
         self._model = llama_cpp.llama_model_load_from_file(str(self.gguf).encode(), params)
         if not self._model:
@@ -107,8 +110,9 @@ class LlamaCppBackend:
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(self._model))
 
     def __del__(self) -> None:
-        if getattr(self, "_model", None):
-            self.ll.llama_model_free(self._model)
+        free = getattr(getattr(self, "ll", None), "llama_model_free", None)
+        if getattr(self, "_model", None) and callable(free):  # at interpreter exit the module may be gone
+            free(self._model)
             self._model = None
 
     def identity(self) -> dict[str, Any]:
@@ -120,7 +124,13 @@ class LlamaCppBackend:
         }
 
     def manifest(self) -> dict[str, Any]:
-        return {**self.ref.manifest(), "backend": self.name, "gguf_type": self.qtype, "threads": self.threads}
+        return {
+            **self.ref.manifest(),
+            "backend": self.name,
+            "gguf_type": self.qtype,
+            "threads": self.threads,
+            "extra_bufts": self.extra_bufts,
+        }
 
     def plan(self, conversations: Sequence[Conversation], fmt: str) -> list[list[int]]:
         ids = encode_prompts(self.tokenizer, conversations, fmt, self.max_prompt_tokens)

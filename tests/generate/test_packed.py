@@ -1,0 +1,87 @@
+"""Packed bf16 linear layers: the same numbers as F.linear, scoped to one batch, and only where usable."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from tbr.generate import SamplingParams, packed
+from tbr.generate.hf import TransformersBackend
+from tbr.models import ModelRef
+
+
+def _tiny(dtype: torch.dtype) -> LlamaForCausalLM:
+    cfg = LlamaConfig(
+        num_hidden_layers=2, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+        intermediate_size=96, vocab_size=128, attn_implementation="sdpa",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return LlamaForCausalLM(cfg).to(dtype).eval()
+
+
+def _native_bf16() -> bool:
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def test_packed_logits_equal_plain_and_are_undone_after_the_block():
+    model = _tiny(torch.bfloat16)
+    ids = torch.tensor([[3, 17, 5, 99, 42, 8], [1, 2, 3, 4, 5, 6]])
+    with torch.inference_mode():
+        plain = model(input_ids=ids).logits
+        with packed.packed_linears(model, rows=2) as n:
+            inside = model(input_ids=ids).logits
+            one_row = model(input_ids=ids[:1, :1]).logits  # another row count than the hint
+        after = model(input_ids=ids).logits
+    # 7 projections per layer + the LM head, where oneDNN computes bf16 natively; none elsewhere
+    assert n == (2 * 7 + 1 if _native_bf16() else 0)
+    assert packed.usable(model) == _native_bf16()
+    assert torch.equal(inside, plain)
+    assert torch.equal(one_row, model(input_ids=ids[:1, :1]).logits)
+    assert torch.equal(after, plain)
+    assert all("forward" not in m.__dict__ for m in model.modules())  # the class's forward is back
+
+
+def test_weights_changed_between_batches_are_used():
+    """Packing is per batch: a model updated between calls (a training loop) never decodes stale copies."""
+    model = _tiny(torch.bfloat16)
+    ids = torch.tensor([[3, 17, 5]])
+    with torch.inference_mode():
+        with packed.packed_linears(model, rows=1):
+            before = model(input_ids=ids).logits
+        with torch.no_grad():
+            model.lm_head.weight.mul_(2.0)  # tied to the embeddings in neither: a real change
+        with packed.packed_linears(model, rows=1):
+            changed = model(input_ids=ids).logits
+    assert not torch.equal(before, changed)
+
+
+def test_fp32_is_never_packed():
+    model = _tiny(torch.float32)
+    assert not packed.usable(model)
+    with packed.packed_linears(model, rows=4) as n:
+        assert n == 0
+
+
+def test_backend_records_its_linear_setting_and_greedy_answers_match(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(128)}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="w0", eos_token="w1")
+    model = _tiny(torch.bfloat16)
+    model.generation_config.eos_token_id = 1
+    ref = ModelRef(name="tiny", path=str(tmp_path), weights_hash="0" * 16)
+    convs = [
+        [{"role": "user", "content": " ".join(f"w{(7 * i + j) % 120 + 2}" for j in range(5))}]
+        for i in range(4)
+    ]
+    out = {}
+    for linear in ("plain", "auto"):
+        be = TransformersBackend(
+            "tiny", batch_size=4, progress=False, loaded=(model, tok, ref), linear=linear
+        )
+        assert be.manifest()["linear"] == ("packed" if linear == "auto" and _native_bf16() else "plain")
+        out[linear] = be.generate(convs, SamplingParams(max_new_tokens=6), fmt="raw")
+    assert out["plain"] == out["auto"]
