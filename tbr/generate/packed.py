@@ -1,19 +1,26 @@
-"""bf16 linear layers on CPU with their weights packed once per batch, not once per call.
+"""Linear layers on CPU with their weights packed once per batch, not once per call.
 
-On CPU a bf16 `F.linear` hands its weight to oneDNN in PyTorch's row-major layout, and oneDNN
-reorders it into its own blocked layout (the AMX / AVX512-BF16 tile order) on every call: in a decode
-step, where each weight meets only a few dozen rows, that reorder costs about as much as the matmul.
-Packed once with `torch.ops.mkldnn._reorder_linear_weight` and called through `_linear_pointwise`
-(what PyTorch's own inductor does for frozen CPU graphs), SmolLM2-135M's 576×1536 projection at 64
-rows took 125 µs instead of 209 µs, the 49k-row LM head 6.2 ms instead of 11.0 ms, on one core of a
-Xeon with AMX; the output was bit-identical to `F.linear` at every row count tried (1 to 2,560), so
-greedy answers do not change (tests/generate/test_packed.py checks the equality on the CPU at hand).
+A CPU `F.linear` hands its weight to the GEMM library in PyTorch's row-major layout, and the library
+reorders it into its own blocked layout inside every call. In a decode step, where each weight meets
+only a few dozen rows, that reorder is a large share of the call. Packed once per batch and called
+through the packed entry points (what PyTorch's inductor does for frozen CPU graphs), the same
+matmul is faster. A layer is packed only where its packed kernel gives `F.linear`'s numbers bit for
+bit on the CPU at hand (one seeded probe per weight shape and batch), so greedy answers do not change:
+
+  bf16  oneDNN (`mkldnn._reorder_linear_weight` / `_linear_pointwise`), where oneDNN computes bf16
+        natively (avx512_bf16 or AMX). One core of a Xeon with AMX, 64 rows: SmolLM2-135M's 576×1536
+        projection 125 µs instead of 209 µs, the 49k-row LM head 6.2 ms instead of 11.0 ms; equal at
+        every row count tried (1 to 2,560).
+  fp32  MKL's packed SGEMM (`mkl._mkl_reorder_linear_weight` / `_mkl_linear`). It only pays at the
+        row count it was packed for (any other count takes MKL's plain path inside the same op), so
+        it is packed for the batch's size; finished rows then fall back to the plain path. Same
+        core, 128 rows: 1.07-1.23× per projection, the LM head 38 ms instead of 47 ms, equal on
+        SmolLM2's shapes; on a 64-wide toy layer it rounded differently, and the probe leaves such
+        layers plain.
 
 Packing is scoped to one batch (a context manager around `TransformersBackend.decode`) and undone
 afterwards, so a model whose weights change between calls (a training loop that evaluates) never
-decodes with stale copies; the copies cost one bf16 model's size while they live. fp32 is left to
-MKL: its packed GEMM gains only at exactly the packed row count, which a decode loop that drops
-finished rows rarely has.
+decodes with stale copies; the copies cost one model's weights in memory while they live.
 """
 
 from __future__ import annotations
@@ -25,22 +32,32 @@ from typing import Any
 import torch
 
 
-def usable(model: Any) -> bool:
-    """bf16 weights on a CPU where oneDNN computes bf16 natively (avx512_bf16 or AMX)."""
+def kind(model: Any) -> str | None:
+    """ "onednn" (bf16), "mkl" (fp32) or None: which packed path this model's weights can take."""
     try:
         dev, dt = model.device, model.dtype
     except AttributeError:
-        return False
-    return (
-        dev.type == "cpu"
-        and dt == torch.bfloat16
-        and torch.backends.mkldnn.is_available()
-        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-        and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    )
+        return None
+    if dev.type != "cpu":
+        return None
+    if dt == torch.bfloat16 and torch.backends.mkldnn.is_available():
+        ok = (
+            hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        )
+        return "onednn" if ok else None
+    if dt == torch.float32 and torch._C.has_mkl and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight"):
+        return "mkl"
+    return None
 
 
-def _forward(packed: torch.Tensor, bias: torch.Tensor | None, out: int) -> Callable[[torch.Tensor], Any]:
+def usable(model: Any) -> bool:
+    return kind(model) is not None
+
+
+def _onednn(weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> Callable[[torch.Tensor], Any]:
+    packed, out = torch.ops.mkldnn._reorder_linear_weight(weight, rows), weight.shape[0]
+
     def forward(x: torch.Tensor) -> torch.Tensor:
         y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), packed, bias, "none", [], "")
         return y.reshape(*x.shape[:-1], out)
@@ -48,19 +65,51 @@ def _forward(packed: torch.Tensor, bias: torch.Tensor | None, out: int) -> Calla
     return forward
 
 
+def _mkl(weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> Callable[[torch.Tensor], Any]:
+    packed, out = torch.ops.mkl._mkl_reorder_linear_weight(weight, rows), weight.shape[0]
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        y = torch.ops.mkl._mkl_linear(x.reshape(-1, x.shape[-1]), packed, weight, bias, rows)
+        return y.reshape(*x.shape[:-1], out)
+
+    return forward
+
+
+def _same_as_plain(forward: Callable[[torch.Tensor], Any], m: torch.nn.Linear, rows: int) -> bool:
+    """A packed kernel that blocks its sums differently rounds differently, whatever the input: one
+    seeded probe at the packed row count and at one row tells whether it matches F.linear here."""
+    g = torch.Generator().manual_seed(0)
+    for n in sorted({rows, 1}):
+        x = torch.randn(n, m.in_features, generator=g).to(m.weight.dtype)
+        if not torch.equal(forward(x), torch.nn.functional.linear(x, m.weight, m.bias)):
+            return False
+    return True
+
+
 @contextmanager
 def packed_linears(model: Any, rows: int) -> Iterator[int]:
-    """Every plain bf16 `nn.Linear` of `model` runs on a packed copy of its weight inside the block;
-    yields how many were packed (0 where `usable` is false). `rows` is oneDNN's hint for the batch."""
+    """Every plain `nn.Linear` of `model` runs on a packed copy of its weight inside the block, where
+    the packed kernel gives F.linear's numbers bit for bit on this CPU (checked once per weight shape);
+    yields how many were packed. `rows`: the batch's row count (the packing hint)."""
+    path = kind(model)
+    make = {"onednn": _onednn, "mkl": _mkl}.get(path or "")
+    dtype = model.dtype if make else None
     patched: list[torch.nn.Module] = []
+    same: dict[tuple[int, int, bool], bool] = {}  # (in, out, bias) -> packed equals plain
     try:
-        if usable(model):
+        if make:
+            rows = max(1, rows)
             with torch.no_grad():
                 for m in model.modules():
                     # subclasses (LoRA wrappers, quantised layers) keep their own forward
-                    if type(m) is torch.nn.Linear and m.weight.dtype == torch.bfloat16:
-                        w = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), max(1, rows))
-                        m.forward = _forward(w, m.bias, m.out_features)
+                    if type(m) is not torch.nn.Linear or m.weight.dtype != dtype:
+                        continue
+                    fwd = make(m.weight.detach(), m.bias, rows)
+                    shape = (m.in_features, m.out_features, m.bias is not None)
+                    if shape not in same:
+                        same[shape] = _same_as_plain(fwd, m, rows)
+                    if same[shape]:
+                        m.forward = fwd
                         patched.append(m)
         yield len(patched)
     finally:
