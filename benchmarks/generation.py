@@ -12,8 +12,8 @@ prompts only, since emulation is slow). The method names end in the dtype:
                      in bf16), the same batch-size search
   tbr-dyncache-bN-DT the same loop with transformers' DynamicCache, at tbr's best batch
   tbr-sdpa-bN-bf16   the same loop with SDPA attention instead of tbr's decode attention
-  tbr-plainlinear-bN-bf16  the same loop with plain F.linear instead of weights packed once per batch
-                     (tbr.generate.packed; only where oneDNN has native bf16)
+  tbr-plainlinear-bN-DT  the same loop with plain F.linear instead of weights packed once per batch
+                     (tbr.generate.packed: oneDNN for bf16, MKL for fp32)
   naive-b1-DT        model.generate one prompt at a time (no batching, no padding), on --naive-n prompts
   hf-sorted-b16-fp32 the plain length-sorted loop around model.generate (only with --methods)
   llamacpp-bN-Q      tbr.generate.llamacpp.LlamaCppBackend: llama.cpp in-process on a GGUF that
@@ -332,12 +332,12 @@ def main() -> None:
                 n,
                 lambda: run_tbr(*tbr_models[dt], convs[:n], a.max_new_tokens, b0, attention="sdpa"),
             )
-            measure(
-                f"tbr-plainlinear-b{b0}-{dt}",
-                dt,
-                n,
-                lambda: run_tbr(*tbr_models[dt], convs[:n], a.max_new_tokens, b0, linear="plain"),
-            )
+        measure(
+            f"tbr-plainlinear-b{b0}-{dt}",
+            dt,
+            n,
+            lambda: run_tbr(*tbr_models[dt], convs[:n], a.max_new_tokens, b0, linear="plain"),
+        )
         measure(
             f"naive-b1-{dt}",
             dt,

@@ -213,8 +213,8 @@ class TransformersBackend:
         elif self.model.config._attn_implementation == ATTENTION_NAME:
             self.model.set_attn_implementation("sdpa")
         self.prefix_sharing = prefix_sharing
-        # auto: on CPU, decode with weights packed once per batch (oneDNN for bf16 where it is native,
-        # MKL for fp32; tbr.generate.packed: bit-identical outputs, so not part of identity()).
+        # auto: bf16 on a CPU with native bf16 decodes with weights packed once per batch for oneDNN
+        # (tbr.generate.packed: bit-identical outputs, so not part of identity()).
         self.linear = "packed" if linear == "auto" and packed_usable(self.model) else "plain"
         self.model_id = self.ref.name
         self.weights_hash = self.ref.weights_hash

@@ -11,12 +11,10 @@ bit on the CPU at hand (one seeded probe per weight shape and batch), so greedy 
         natively (avx512_bf16 or AMX). One core of a Xeon with AMX, 64 rows: SmolLM2-135M's 576×1536
         projection 125 µs instead of 209 µs, the 49k-row LM head 6.2 ms instead of 11.0 ms; equal at
         every row count tried (1 to 2,560).
-  fp32  MKL's packed SGEMM (`mkl._mkl_reorder_linear_weight` / `_mkl_linear`). It only pays at the
-        row count it was packed for (any other count takes MKL's plain path inside the same op), so
-        it is packed for the batch's size; finished rows then fall back to the plain path. Same
-        core, 128 rows: 1.07-1.23× per projection, the LM head 38 ms instead of 47 ms, equal on
-        SmolLM2's shapes; on a 64-wide toy layer it rounded differently, and the probe leaves such
-        layers plain.
+  fp32  not packed. MKL's packed SGEMM was 1.07-1.23× per projection at 128 rows on the same core,
+        but only at exactly the row count it was packed for (any other count takes MKL's plain path
+        inside the op), which a decode batch loses with its first finished row: no gain end to end
+        (`kind`). It also rounded otherwise than `F.linear` on a 64-wide toy layer.
 
 Packing is scoped to one batch (a context manager around `TransformersBackend.decode`) and undone
 afterwards, so a model whose weights change between calls (a training loop that evaluates) never
@@ -46,8 +44,9 @@ def kind(model: Any) -> str | None:
             and torch.ops.mkldnn._is_mkldnn_bf16_supported()
         )
         return "onednn" if ok else None
-    if dt == torch.float32 and torch._C.has_mkl and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight"):
-        return "mkl"
+    # fp32 stays plain: MKL's packed SGEMM (`mkl._mkl_linear`) only pays at exactly the row count it
+    # was packed for, and a decode batch loses that count with its first finished row. Measured end
+    # to end (SmolLM2, 128 XSTest prompts × 128 tokens, one AMX Xeon core): 56.9 vs 57.5 CPU s, no gain.
     return None
 
 
@@ -60,16 +59,6 @@ def _onednn(weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> Calla
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), packed, bias, "none", [], "")
-        return y.reshape(*x.shape[:-1], out)
-
-    return forward
-
-
-def _mkl(weight: torch.Tensor, bias: torch.Tensor | None, rows: int) -> Callable[[torch.Tensor], Any]:
-    packed, out = torch.ops.mkl._mkl_reorder_linear_weight(weight, rows), weight.shape[0]
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        y = torch.ops.mkl._mkl_linear(x.reshape(-1, x.shape[-1]), packed, weight, bias, rows)
         return y.reshape(*x.shape[:-1], out)
 
     return forward
@@ -92,7 +81,7 @@ def packed_linears(model: Any, rows: int) -> Iterator[int]:
     the packed kernel gives F.linear's numbers bit for bit on this CPU (checked once per weight shape);
     yields how many were packed. `rows`: the batch's row count (the packing hint)."""
     path = kind(model)
-    make = {"onednn": _onednn, "mkl": _mkl}.get(path or "")
+    make = {"onednn": _onednn}.get(path or "")
     dtype = model.dtype if make else None
     patched: list[torch.nn.Module] = []
     same: dict[tuple[int, int, bool], bool] = {}  # (in, out, bias) -> packed equals plain
