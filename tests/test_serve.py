@@ -161,7 +161,9 @@ def test_disable_amx_repack_only_on_amx_cpus(monkeypatch):
     ll = require_module("llama_cpp", "pip install 'tbr[server]'").llama_cpp
     from tbr import llama_server
 
-    monkeypatch.setattr(ll, "llama_model_default_params", ll.llama_model_default_params)  # undone after
+    # start from llama.cpp's own default (another test's backend may have patched it already); undone after
+    orig = getattr(ll.llama_model_default_params, "tbr_default", ll.llama_model_default_params)
+    monkeypatch.setattr(ll, "llama_model_default_params", orig)
     monkeypatch.setattr(llama_server, "cpu_has_amx", lambda: False)
     assert not llama_server.disable_amx_repack()
     assert ll.llama_model_default_params().use_extra_bufts  # llama.cpp's own default stays

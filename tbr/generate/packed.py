@@ -31,7 +31,7 @@ import torch
 
 
 def kind(model: Any) -> str | None:
-    """ "onednn" (bf16), "mkl" (fp32) or None: which packed path this model's weights can take."""
+    """ "onednn" (bf16 where oneDNN computes it natively) or None: the packed path this model can take."""
     try:
         dev, dt = model.device, model.dtype
     except AttributeError:
