@@ -70,9 +70,11 @@ import sys, torch
 from tbr.cli import install_sigterm_handler
 install_sigterm_handler()
 torch.set_num_threads(1)
-a = torch.ones(8000, 8000)
+# float64 10,000²: one native call of ~20 s on one core of a 2026 Xeon (fp32 8,000² took 5.8 s there,
+# under the 5 s grace plus slack, and the test then saw a clean unwind): no Python handler runs inside it
+a = torch.ones(10000, 10000, dtype=torch.float64)
 print("ready", flush=True)
-torch.mm(a, a)  # one native call of well over 10 s on one core: no Python handler can run inside it
+torch.mm(a, a)
 print("returned", flush=True)
 """
 
