@@ -13,7 +13,8 @@ prompts only, since emulation is slow). The method names end in the dtype:
   tbr-dyncache-bN-DT the same loop with transformers' DynamicCache, at tbr's best batch
   tbr-sdpa-bN-bf16   the same loop with SDPA attention instead of tbr's decode attention
   tbr-plainlinear-bN-DT  the same loop with plain F.linear instead of weights packed once per batch
-                     (tbr.generate.packed: oneDNN for bf16, MKL for fp32)
+                     (tbr.generate.packed: bf16 where oneDNN has it natively;
+                     fp32 is never packed, so there the two rows run the same code)
   naive-b1-DT        model.generate one prompt at a time (no batching, no padding), on --naive-n prompts
   hf-sorted-b16-fp32 the plain length-sorted loop around model.generate (only with --methods)
   llamacpp-bN-Q      tbr.generate.llamacpp.LlamaCppBackend: llama.cpp in-process on a GGUF that

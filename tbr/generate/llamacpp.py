@@ -102,8 +102,9 @@ class LlamaCppBackend:
         llama_cpp.llama_backend_init()
         llama_cpp.llama_log_set(_QUIET, None)  # llama.cpp logs every context it makes to stderr
         # ggml's AMX weight repacking segfaults in llama_decode on quantised weights (tbr.llama_server)
-        self.extra_bufts = not disable_amx_repack()
+        disable_amx_repack()
         params = llama_cpp.llama_model_default_params()
+        self.extra_bufts = bool(params.use_extra_bufts)  # what the model is loaded with (the manifest)
         self._model = llama_cpp.llama_model_load_from_file(str(self.gguf).encode(), params)
         if not self._model:
             raise ModelError(f"llama.cpp could not load {self.gguf.name}")

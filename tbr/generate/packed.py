@@ -80,8 +80,7 @@ def packed_linears(model: Any, rows: int) -> Iterator[int]:
     """Every plain `nn.Linear` of `model` runs on a packed copy of its weight inside the block, where
     the packed kernel gives F.linear's numbers bit for bit on this CPU (checked once per weight shape);
     yields how many were packed. `rows`: the batch's row count (the packing hint)."""
-    path = kind(model)
-    make = {"onednn": _onednn}.get(path or "")
+    make = _onednn if kind(model) == "onednn" else None
     dtype = model.dtype if make else None
     patched: list[torch.nn.Module] = []
     same: dict[tuple[int, int, bool], bool] = {}  # (in, out, bias) -> packed equals plain

@@ -52,10 +52,9 @@ def test_packed_logits_equal_plain_and_are_undone_after_the_block(dtype):
     assert all("forward" not in m.__dict__ for m in model.modules())  # the class's forward is back
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_weights_changed_between_batches_are_used(dtype):
+def test_weights_changed_between_batches_are_used():
     """Packing is per batch: a model updated between calls (a training loop) never decodes stale copies."""
-    model = _tiny(dtype)
+    model = _tiny(torch.bfloat16)
     ids = torch.tensor([[3, 17, 5]])
     with torch.inference_mode():
         with packed.packed_linears(model, rows=1):
