@@ -13,8 +13,10 @@ prompts only, since emulation is slow). The method names end in the dtype:
   tbr-dyncache-bN-DT the same loop with transformers' DynamicCache, at tbr's best batch
   tbr-sdpa-bN-bf16   the same loop with SDPA attention instead of tbr's decode attention
   tbr-plainlinear-bN-DT  the same loop with plain F.linear instead of weights packed once per batch
-                     (tbr.generate.packed: bf16 where oneDNN has it natively;
-                     fp32 is never packed, so there the two rows run the same code)
+                     (tbr.generate.packed: what auto does in bf16 on CPUs with AMX;
+                     fp32 is never packed, so it has neither row)
+  tbr-packedlinear-bN-bf16  the other way round, on CPUs with native bf16 but no AMX, where auto
+                     keeps F.linear: the packed weights it measured slower there
   naive-b1-DT        model.generate one prompt at a time (no batching, no padding), on --naive-n prompts
   hf-sorted-b16-fp32 the plain length-sorted loop around model.generate (only with --methods)
   llamacpp-bN-Q      tbr.generate.llamacpp.LlamaCppBackend: llama.cpp in-process on a GGUF that
@@ -47,6 +49,7 @@ from pathlib import Path
 
 import torch
 
+from tbr.generate import packed
 from tbr.generate.base import SamplingParams, chat
 from tbr.generate.hf import TransformersBackend
 from tbr.models import cpu_supports_bf16, load
@@ -333,12 +336,16 @@ def main() -> None:
                 n,
                 lambda: run_tbr(*tbr_models[dt], convs[:n], a.max_new_tokens, b0, attention="sdpa"),
             )
-        measure(
-            f"tbr-plainlinear-b{b0}-{dt}",
-            dt,
-            n,
-            lambda: run_tbr(*tbr_models[dt], convs[:n], a.max_new_tokens, b0, linear="plain"),
-        )
+        # The other linear-layer choice than the one auto made here: plain where auto packs (AMX),
+        # packed where auto stays plain but the packed path exists (avx512_bf16 without AMX).
+        other = "plain" if packed.usable(tbr_models[dt][0]) else "packed"
+        if other == "plain" or packed.kind(tbr_models[dt][0]) is not None:
+            measure(
+                f"tbr-{other}linear-b{b0}-{dt}",
+                dt,
+                n,
+                lambda: run_tbr(*tbr_models[dt], convs[:n], a.max_new_tokens, b0, linear=other),
+            )
         measure(
             f"naive-b1-{dt}",
             dt,

@@ -25,6 +25,7 @@ from typing import Any
 from tbr.config import build, load_yaml, opt, write_manifest
 from tbr.errors import ConfigError
 from tbr.io import stable_hash, write_json_atomic
+from tbr.isolate import run_isolated
 
 log = logging.getLogger(__name__)
 
@@ -799,11 +800,11 @@ def execute(
                     f"[{i}/{len(stages)}] {stage.dirname}: running (elapsed {_fmt_s(time.time() - t0)}"
                     + (f", est. left ≥ {_fmt_s(left)})" if left >= 1 else ")")
                 )
-                s0, c0 = time.time(), time.process_time()
-                info = _execute(stage, out, root)
-                # Stages run in this process, so its CPU time (all threads) is the stage's: on a shared
-                # machine it is the steadier cost figure than the wall clock.
-                cpu = time.process_time() - c0
+                s0 = time.time()
+                # Each stage in a fresh process (tbr.isolate): a worker no longer grows from stage to
+                # stage. Its CPU time (all threads) is the stage's: on a shared machine it is the
+                # steadier cost figure than the wall clock.
+                info, cpu, rss_mb = run_isolated(f"stage {stage.dirname}", _execute, stage, out, root)
                 write_json_atomic(
                     out / "DONE.json",
                     {
@@ -811,6 +812,7 @@ def execute(
                         "key": stage.key,
                         "seconds": time.time() - s0,
                         "cpu_seconds": cpu,
+                        "max_rss_mb": round(rss_mb, 1),
                         **info,
                     },
                 )

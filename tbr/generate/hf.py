@@ -54,6 +54,7 @@ from tbr.generate.base import (
     render_text,
 )
 from tbr.generate.kv import PreallocatedLayer, preallocated_cache
+from tbr.generate.packed import kind as packed_kind
 from tbr.generate.packed import packed_linears
 from tbr.generate.packed import usable as packed_usable
 from tbr.io import stable_hash
@@ -201,8 +202,8 @@ class TransformersBackend:
             raise ConfigError(f"kv_cache must be 'preallocated' or 'dynamic', got {kv_cache!r}")
         if attention not in ("auto", "sdpa"):
             raise ConfigError(f"attention must be 'auto' or 'sdpa', got {attention!r}")
-        if linear not in ("auto", "plain"):
-            raise ConfigError(f"linear must be 'auto' or 'plain', got {linear!r}")
+        if linear not in ("auto", "plain", "packed"):
+            raise ConfigError(f"linear must be 'auto', 'plain' or 'packed', got {linear!r}")
         self.model, self.tokenizer, self.ref = loaded or load(model, dtype=dtype, device=device)
         # auto: bf16 decode steps on CPU use tbr.generate.attention (the numerics of transformers'
         # eager attention; 1.29x end to end over SDPA's flash kernel there); everything else stays SDPA.
@@ -213,9 +214,16 @@ class TransformersBackend:
         elif self.model.config._attn_implementation == ATTENTION_NAME:
             self.model.set_attn_implementation("sdpa")
         self.prefix_sharing = prefix_sharing
-        # auto: bf16 on a CPU with native bf16 decodes with weights packed once per batch for oneDNN
-        # (tbr.generate.packed: bit-identical outputs, so not part of identity()).
-        self.linear = "packed" if linear == "auto" and packed_usable(self.model) else "plain"
+        # auto: bf16 on a CPU with AMX decodes with weights packed once per batch for oneDNN
+        # (tbr.generate.packed: bit-identical outputs, so not part of identity()); "packed" forces it
+        # wherever the path exists (the benchmark's row on CPUs where auto leaves it off).
+        if linear == "packed" and packed_kind(self.model) is None:
+            raise ConfigError(
+                "linear='packed' needs a bf16 model on a CPU where oneDNN computes bf16 natively"
+            )
+        self.linear = (
+            "packed" if linear == "packed" or (linear == "auto" and packed_usable(self.model)) else "plain"
+        )
         self.model_id = self.ref.name
         self.weights_hash = self.ref.weights_hash
         if batch_size < 1:

@@ -8,7 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from tbr.generate import SamplingParams, packed
 from tbr.generate.hf import TransformersBackend
-from tbr.models import ModelRef
+from tbr.models import ModelRef, cpu_has_amx
 
 
 def _tiny(dtype: torch.dtype) -> LlamaForCausalLM:
@@ -20,12 +20,28 @@ def _tiny(dtype: torch.dtype) -> LlamaForCausalLM:
     return LlamaForCausalLM(cfg).to(dtype).eval()
 
 
+def _word_tokenizer():
+    """Words w0..w127 as token ids 0..127 (w0 pads, w1 ends), for the tiny model."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.WordLevel({f"w{i}": i for i in range(128)}, unk_token="w0"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="w0", eos_token="w1")
+
+
 def _native_bf16() -> bool:
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def _expected(dtype: torch.dtype) -> bool:
-    return _native_bf16() if dtype == torch.bfloat16 else False  # fp32 stays plain (no gain measured)
+    """Whether the packed path exists: bf16 where oneDNN has it natively (fp32 stays plain: no gain)."""
+    return _native_bf16() if dtype == torch.bfloat16 else False
+
+
+def _pays(dtype: torch.dtype) -> bool:
+    """Whether `auto` takes it: only with AMX (on avx512_bf16 without AMX it was slower)."""
+    return _expected(dtype) and cpu_has_amx()
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -44,7 +60,8 @@ def test_packed_logits_equal_plain_and_are_undone_after_the_block(dtype):
     # at most 7 projections per layer + the LM head, where the packed path exists on this CPU (shapes
     # whose packed kernel rounds otherwise stay plain: on the AMX Xeon measured, none); none elsewhere
     assert n <= 2 * 7 + 1 and (n == 0 or _expected(dtype))
-    assert packed.usable(model) == _expected(dtype)
+    assert (packed.kind(model) is not None) == _expected(dtype)
+    assert packed.usable(model) == _pays(dtype)
     assert torch.equal(inside, plain)
     assert torch.equal(at_hint, step)
     assert torch.equal(one_row, step1)
@@ -89,13 +106,7 @@ def test_other_dtypes_are_never_packed():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_backend_records_its_linear_setting_and_greedy_answers_match(tmp_path, dtype):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {f"w{i}": i for i in range(128)}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="w0", eos_token="w1")
+    tok = _word_tokenizer()
     model = _tiny(dtype)
     model.generation_config.eos_token_id = 1
     ref = ModelRef(name="tiny", path=str(tmp_path), weights_hash="0" * 16)
@@ -108,6 +119,33 @@ def test_backend_records_its_linear_setting_and_greedy_answers_match(tmp_path, d
         be = TransformersBackend(
             "tiny", batch_size=4, progress=False, loaded=(model, tok, ref), linear=linear
         )
-        assert be.manifest()["linear"] == ("packed" if linear == "auto" and _expected(dtype) else "plain")
+        assert be.manifest()["linear"] == ("packed" if linear == "auto" and _pays(dtype) else "plain")
         out[linear] = be.generate(convs, SamplingParams(max_new_tokens=6), fmt="raw")
     assert out["plain"] == out["auto"]
+
+
+def test_forced_packing_matches_plain_where_the_path_exists_and_is_refused_elsewhere(tmp_path):
+    """linear="packed" (the benchmark's row on CPUs where auto stays plain) changes no answer."""
+    from tbr.errors import ConfigError
+
+    tok_model = _tiny(torch.float32)
+    ref = ModelRef(name="tiny", path=str(tmp_path), weights_hash="0" * 16)
+    with pytest.raises(ConfigError, match="linear='packed' needs a bf16 model"):
+        TransformersBackend("tiny", progress=False, loaded=(tok_model, None, ref), linear="packed")
+    if not _native_bf16():
+        return  # nothing to force on this CPU: the refusal above is the whole behaviour
+    tok = _word_tokenizer()
+    model = _tiny(torch.bfloat16)
+    model.generation_config.eos_token_id = 1
+    convs = [
+        [{"role": "user", "content": " ".join(f"w{(5 * i + j) % 120 + 2}" for j in range(4))}]
+        for i in range(3)
+    ]
+    out = {}
+    for linear in ("plain", "packed"):
+        be = TransformersBackend(
+            "tiny", batch_size=3, progress=False, loaded=(model, tok, ref), linear=linear
+        )
+        assert be.manifest()["linear"] == linear
+        out[linear] = be.generate(convs, SamplingParams(max_new_tokens=6), fmt="raw")
+    assert out["plain"] == out["packed"]
