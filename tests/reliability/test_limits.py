@@ -81,8 +81,14 @@ print("returned", flush=True)
 
 @pytest.mark.parametrize(("sig", "rc"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_stops_a_long_native_call(sig: int, rc: int) -> None:
+    # A job started with `&` from a non-interactive shell (a CI script, nohup) inherits SIGINT ignored,
+    # and Python then keeps it ignored (as it should: so does tbr). Give the child a terminal's default.
     proc = subprocess.Popen(
-        [sys.executable, "-c", _BUSY], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", _BUSY],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
