@@ -21,6 +21,7 @@ distinct answers, with 1 and 2 torch threads, after one warm-up batch.
     OMP_NUM_THREADS=1 python benchmarks/judge.py                 # writes benchmarks/results/judge.json
     OMP_NUM_THREADS=1 python benchmarks/judge.py --cross         # ... with the cross-encoder row
     OMP_NUM_THREADS=1 python benchmarks/judge.py --cross --cross-variants 4:3,0:3,0:5   # more layers/epochs
+    OMP_NUM_THREADS=1 python benchmarks/judge.py --cross --cross-seeds 0,1,2       # ... and a seed ensemble
     python benchmarks/judge.py --speed-only --n 256
 """
 
@@ -95,6 +96,16 @@ def vote(a: list[Verdict], b: list[Verdict], c: list[Verdict]) -> list[Verdict]:
     return out
 
 
+def _proba(vs: list[Verdict]) -> np.ndarray:
+    """(n, 3) probabilities back from verdicts' raw JSON; an empty answer counts as sure compliance."""
+    return np.array(
+        [
+            [1.0, 0.0, 0.0] if v.raw == "empty answer" else [json.loads(v.raw)[lab] for lab in LABELS]
+            for v in vs
+        ]
+    )
+
+
 def _p_refusal(v: Verdict) -> float:
     if v.raw == "empty answer":
         return 0.0
@@ -147,20 +158,36 @@ def agreement(args: argparse.Namespace) -> dict:
         from tbr.judge.cross import CrossConfig
         from tbr.judge.train import lomo_cross_verdicts
 
-        for spec in args.cross_variants.split(","):
-            frozen, epochs = (int(x) for x in spec.split(":"))
-            cfg = CrossConfig(frozen=frozen, epochs=epochs)
-            name = "cross-encoder" if cfg == CrossConfig() else f"cross-encoder-f{frozen}-e{epochs}"
-            held, folds = lomo_cross_verdicts(groups, enc, cfg, name=name)
+        def add(name: str, held: dict[str, list[Verdict]]) -> None:
             probs = np.concatenate([np.array([_p_refusal(v) for v in held[g.name]]) for g in groups])
             calib[name] = _calibration(probs, is_ref)
-            chosen_c[name] = {g: f["cpu_s"] for g, f in folds.items()}  # CPU s per fold
             for g in groups:
                 results[g.name][name] = score(human[g.name], held[g.name])
             print(
                 f"{name}: "
                 + ", ".join(f"{g.name} {results[g.name][name]['binary_agreement']:.3f}" for g in groups)
             )
+
+        seeds = [int(s) for s in args.cross_seeds.split(",")]
+        for spec in args.cross_variants.split(","):
+            frozen, epochs = (int(x) for x in spec.split(":"))
+            base = "cross-encoder" if (frozen, epochs) == (4, 3) else f"cross-encoder-f{frozen}-e{epochs}"
+            by_seed = []
+            for seed in seeds:
+                cfg = CrossConfig(frozen=frozen, epochs=epochs, seed=seed)
+                name = base if seed == 0 else f"{base}-s{seed}"
+                held, folds = lomo_cross_verdicts(groups, enc, cfg, name=name)
+                chosen_c[name] = {g: f["cpu_s"] for g, f in folds.items()}  # CPU s per fold
+                add(name, held)
+                by_seed.append(held)
+            if len(seeds) > 1:
+                # The seed ensemble: the mean of the seeds' three-class probabilities, decided as one
+                # judge decides (tbr.judge.learned.verdicts), so the decision rule is unchanged.
+                name = f"{base}-mean-of-{len(seeds)}-seeds"
+                add(name, {
+                    g.name: verdicts(name, g.items, np.mean([_proba(h[g.name]) for h in by_seed], axis=0))
+                    for g in groups
+                })  # fmt: skip
     for g in groups:
         v = vote(
             rule_held["keyword"][g.name],
@@ -230,6 +257,12 @@ def main() -> None:
         default="4:3",
         help="with --cross: FROZEN:EPOCHS per row, comma-separated (4:3 is tbr's default: the lower 4 of "
         "MiniLM's 6 layers frozen, 3 epochs; 0:4 fine-tunes all six layers for 4 epochs)",
+    )
+    ap.add_argument(
+        "--cross-seeds",
+        default="0",
+        help="with --cross: training seeds per variant, comma-separated; with more than one, the mean of "
+        "their probabilities is scored as one more row (the seed ensemble)",
     )
     ap.add_argument(
         "--emb-cache", help="an .npz to keep the embeddings in between runs (variant experiments)"

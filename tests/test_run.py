@@ -432,15 +432,21 @@ def test_tiny_run_end_to_end_then_rerun_and_resume(tmp_path):
     stages = plan(exp)
     # One arm alone (--only): the baseline and the reflections it reads, nothing else.
     arm: list[str] = []
-    execute(exp, root, only=["wo-g0.0"], progress=arm.append)
+    # keep_checkpoints is not an input of any stage: the full run below still skips this arm.
+    execute(dataclasses.replace(exp, keep_checkpoints=True), root, only=["wo-g0.0"], progress=arm.append)
     finished = {s.dirname for s in stages if (root / s.dirname / "DONE.json").exists()}
     assert finished == {s.dirname for s in select(stages, ["wo-g0.0"])}
+    wo_train = next(s for s in stages if s.kind == "train" and s.label == "wo-g0.0")
+    assert any((root / wo_train.dirname / "checkpoints").glob("checkpoint-*"))
     assert {d.split("/")[0] for d in finished} == {"reflect", "build", "train", "eval"}
     # The full run then skips the arm's stages (same keys) and runs the rest.
     lines: list[str] = []
     execute(exp, root, progress=lines.append)
     assert sum("skipped" in line for line in lines) == len(finished)
     assert all((root / s.dirname / "DONE.json").exists() for s in stages)
+    # By default a finished training's resume checkpoints are deleted once it is marked done.
+    tr = next(s for s in stages if s.kind == "train" and s.label == "internal-g1")
+    assert (root / tr.dirname / "DONE.json").exists() and not (root / tr.dirname / "checkpoints").exists()
     runs = json.loads((root / "runs.json").read_text())
     assert [v["name"] for v in runs["variants"]] == ["base", "w/o", "internal γ=1"]
     # every stage records its CPU time beside its wall time, and runs.json sums both
@@ -490,11 +496,11 @@ def test_tiny_run_end_to_end_then_rerun_and_resume(tmp_path):
     execute(dataclasses.replace(exp, reuse=[str(root)]), other, progress=copied.append)
     assert sum("copied" in line for line in copied) == len(stages)
     assert not any("running" in line for line in copied)
-    tr = next(s for s in stages if s.kind == "train" and s.label == "internal-g1")
     done = json.loads((other / tr.dirname / "DONE.json").read_text())
     assert done["checkpoint"] == str(other / tr.dirname) and done["reused_from"] == str(root / tr.dirname)
     assert (other / tr.dirname / "adapter_model.safetensors").exists()
-    assert not (other / tr.dirname / "checkpoints").exists() and (root / tr.dirname / "checkpoints").exists()
+    assert not (other / wo_train.dirname / "checkpoints").exists()
+    assert any((root / wo_train.dirname / "checkpoints").glob("checkpoint-*"))
     assert (
         json.loads((other / "runs.json").read_text())["variants"]
         == json.loads((root / "runs.json").read_text())["variants"]
