@@ -106,12 +106,6 @@ def _proba(vs: list[Verdict]) -> np.ndarray:
     )
 
 
-def _p_refusal(v: Verdict) -> float:
-    if v.raw == "empty answer":
-        return 0.0
-    return 1.0 - json.loads(v.raw)["full_compliance"]
-
-
 def agreement(args: argparse.Namespace) -> dict:
     groups = load_groups(default_completions(None), "tagged")
     enc = load_encoder()
@@ -159,7 +153,7 @@ def agreement(args: argparse.Namespace) -> dict:
         from tbr.judge.train import lomo_cross_verdicts
 
         def add(name: str, held: dict[str, list[Verdict]]) -> None:
-            probs = np.concatenate([np.array([_p_refusal(v) for v in held[g.name]]) for g in groups])
+            probs = 1 - np.concatenate([_proba(held[g.name])[:, 0] for g in groups])  # p(refusal)
             calib[name] = _calibration(probs, is_ref)
             for g in groups:
                 results[g.name][name] = score(human[g.name], held[g.name])
@@ -171,7 +165,8 @@ def agreement(args: argparse.Namespace) -> dict:
         seeds = [int(s) for s in args.cross_seeds.split(",")]
         for spec in args.cross_variants.split(","):
             frozen, epochs = (int(x) for x in spec.split(":"))
-            base = "cross-encoder" if (frozen, epochs) == (4, 3) else f"cross-encoder-f{frozen}-e{epochs}"
+            default = CrossConfig(frozen=frozen, epochs=epochs) == CrossConfig()
+            base = "cross-encoder" if default else f"cross-encoder-f{frozen}-e{epochs}"
             by_seed = []
             for seed in seeds:
                 cfg = CrossConfig(frozen=frozen, epochs=epochs, seed=seed)
