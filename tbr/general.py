@@ -9,7 +9,8 @@ so a number here equals what `lm_eval` prints for the same checkpoint and settin
   * reflections: lm-eval's `think_end_token=</reflection>` drops a safety reflection from generated
     text before GSM8K's answer extraction (a no-op on text without the tag, see docs/results.md);
   * results.json, per-sample JSONL, summary.json and a manifest in one output folder, and resume:
-    lm-eval's SQLite response cache lives there, so a rerun after a crash skips answered requests.
+    lm-eval's SQLite response cache lives there, so a rerun after a crash skips answered requests;
+  * a loglikelihood batch that fits in memory (batch_cap below), for large-vocabulary models on a CPU.
 
     tbr general --model smollm2-135m-instruct --tasks arc_easy --data-dir ../shared/data --out OUT
 """
@@ -50,7 +51,10 @@ class GeneralConfig:
         {}, "per-task --limit, e.g. {mmlu: 10, gsm8k: 100} (YAML only)", cli=False
     )
     num_fewshot: int | None = opt(None, "shots for every task (default: mmlu 5, gsm8k 5, arc_easy 0)")
-    batch_size: int = opt(8, "lm-eval batch size")
+    batch_size: int = opt(8, "lm-eval batch size (for loglikelihood tasks, the most: see --memory-fraction)")
+    memory_fraction: float = opt(
+        0.5, "cap each loglikelihood batch so its logits fit in this share of free memory (0: off)"
+    )
     dtype: str = opt("auto", "auto (bf16 on CUDA or CPUs with native bf16, else fp32), fp32, bf16, fp16")
     device: str | None = opt(None, "cpu, cuda, cuda:1 ... (default: cuda if available)")
     apply_chat_template: bool = opt(False, "wrap prompts in the model's chat template (lm-eval default: off)")
@@ -83,6 +87,8 @@ class GeneralConfig:
             raise ConfigError("--fewshot-as-multiturn needs --apply-chat-template (as in lm-eval)")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not 0 <= self.memory_fraction <= 1:
+            raise ConfigError(f"--memory-fraction must be in [0, 1], got {self.memory_fraction}")
 
     def shots(self, task: str) -> int | None:
         """Few-shot count for a task; None = the task's own default (for tasks we have no default for)."""
@@ -152,6 +158,66 @@ def model_args(cfg: GeneralConfig, ref: Any) -> dict[str, Any]:
     return args
 
 
+# lm-eval's loglikelihood scores a batch from [batch, longest request, vocabulary] logits: the model's
+# output, its log-softmax and a temporary of the same size (3 copies: Qwen2.5-Coder-0.5B, fp32, MMLU
+# 5-shot at batch 2 peaked at 8.4 GB, docs/results.md). With a 151,936-token vocabulary one 1,500-token
+# row is then 2.7 GB, and lm-eval's default batch of 8 went past 20 GB. lm-eval's own `batch_size=auto`
+# finds the batch by trying forward passes until one fails, which on a CPU is the OOM killer rather than
+# an exception. So tbr sets the batch from the longest request (lm-eval sorts longest first, so the first
+# batch is the largest) and the memory that is free when it starts.
+LOGIT_COPIES = 3
+
+
+def batch_cap(
+    longest: int, vocab: int, bytes_per_logit: int, free_bytes: int, fraction: float, most: int
+) -> int:
+    """The largest batch, at most `most` and at least 1, whose logits fit in `fraction` of `free_bytes`."""
+    per_row = max(1, longest) * vocab * bytes_per_logit * LOGIT_COPIES
+    return max(1, min(most, int(free_bytes * fraction) // per_row))
+
+
+def free_memory(device: str) -> int:
+    """Bytes free for new tensors on the device (CPU: what the OS can give without swapping)."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def cap_batches(lm: Any, cfg: GeneralConfig, device: str) -> list[dict[str, Any]]:
+    """Make lm-eval's batch search (`_detect_batch_size`, which it calls only under `batch_size=auto`)
+    apply batch_cap; returns the list that every decision is appended to, for the manifest."""
+    import torch
+
+    vocab = int(lm.model.get_output_embeddings().weight.shape[0])
+    width = torch.finfo(lm.softmax_dtype or lm.model.dtype).bits // 8
+    chosen: list[dict[str, Any]] = []
+
+    def detect(requests: Any = None, pos: int = 0) -> int:
+        if not requests:  # generate_until: transformers' generate keeps only the last position's logits
+            return cfg.batch_size
+        _, context, continuation = requests[pos]
+        longest = min(len(context) + len(continuation) - 1, lm.max_length)  # lm-eval's truncation
+        free = free_memory(device)
+        batch = batch_cap(longest, vocab, width, free, cfg.memory_fraction, cfg.batch_size)
+        gb = round(free / 2**30, 2)
+        chosen.append({"longest_tokens": longest, "vocab": vocab, "free_gb": gb, "batch_size": batch})
+        log.info("lm-eval loglikelihood batch %d (longest request %d tokens, vocabulary %d, %.1f GB free)",
+                 batch, longest, vocab, free / 2**30)  # fmt: skip
+        row_gb = longest * vocab * width * LOGIT_COPIES / 2**30
+        if row_gb > free * cfg.memory_fraction / 2**30:
+            log.warning("one row's logits need %.1f GB, more than %.0f%% of the %.1f GB free: expect swapping "
+                        "or the OOM killer", row_gb, 100 * cfg.memory_fraction, free / 2**30)  # fmt: skip
+        return batch
+
+    lm._detect_batch_size = detect  # noqa: SLF001 - the one hook lm-eval's auto batch size goes through
+    lm.max_batch_size = cfg.batch_size
+    return chosen
+
+
 def _leaves(name: str, group_subtasks: dict[str, list[str]]) -> list[str]:
     subs = group_subtasks.get(name)
     return [name] if not subs else [leaf for s in subs for leaf in _leaves(s, group_subtasks)]
@@ -207,7 +273,12 @@ def evaluate(cfg: GeneralConfig) -> dict[str, Any]:
         manager = TaskManager(metadata=metadata)
     if data_dir is None:
         _check_hub_tasks(manager, list(names.values()))
-    lm = get_model("hf").create_from_arg_obj(margs, {"batch_size": cfg.batch_size, "device": device})
+    capped = cfg.memory_fraction > 0
+    batch_arg = (
+        {"batch_size": "auto", "max_batch_size": cfg.batch_size} if capped else {"batch_size": cfg.batch_size}
+    )
+    lm = get_model("hf").create_from_arg_obj(margs, {**batch_arg, "device": device})
+    batches = cap_batches(lm, cfg, device) if capped else []
     seeds = cfg.seeds()
     # lm-eval keys its response cache by request only, so the file name carries the weights and the
     # model args (dtype, adapter, think_end_token: all change the responses).
@@ -281,6 +352,8 @@ def evaluate(cfg: GeneralConfig) -> dict[str, Any]:
                 "n_shot": results.get("n-shot", {}),
                 "seeds": dict(zip(("random", "numpy", "torch", "fewshot"), seeds, strict=True)),
                 "batch_size": cfg.batch_size,
+                "memory_fraction": cfg.memory_fraction,
+                "loglikelihood_batches": batches,
                 "dtype": margs["dtype"],
                 "device": device,
                 "apply_chat_template": cfg.apply_chat_template,

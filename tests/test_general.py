@@ -14,7 +14,15 @@ import pytest
 
 from tbr.config import build
 from tbr.errors import ConfigError, DataError
-from tbr.general import GeneralConfig, data_files, general, model_args, summary_lines, task_names
+from tbr.general import (
+    GeneralConfig,
+    batch_cap,
+    data_files,
+    general,
+    model_args,
+    summary_lines,
+    task_names,
+)
 from tbr.models import pick_dtype
 from tbr.reflection import CLOSE_TAG, join
 from tbr.tasks import TASKS_DIR, local
@@ -232,6 +240,21 @@ def test_default_shots_and_override():
         build(GeneralConfig, {"out": "x", "task_limits": {"gsm8k": 0}})
 
 
+def test_batch_cap_keeps_a_large_vocabulary_within_memory():
+    gib = 2**30
+    # Qwen2.5 (151,936 tokens), a 1,500-token MMLU prompt, fp32: 2.7 GB a row, so 3 rows in 10 GB
+    assert batch_cap(1500, 151_936, 4, 20 * gib, 0.5, 8) == 3
+    # SmolLM2's 49,152-token vocabulary fits the whole batch of 8 in the same memory
+    assert batch_cap(1500, 49_152, 4, 20 * gib, 0.5, 8) == 8
+    # bf16 logits are half the bytes: twice the rows
+    assert batch_cap(1500, 151_936, 2, 20 * gib, 0.5, 8) == 7
+    # never above the configured batch, never below one row (a warning, not a silent zero)
+    assert batch_cap(10, 100, 4, 20 * gib, 0.5, 8) == 8
+    assert batch_cap(1500, 151_936, 4, gib, 0.5, 8) == 1
+    with pytest.raises(ConfigError, match="memory-fraction must be in"):
+        GeneralConfig(out="x", memory_fraction=1.5).validate()
+
+
 def test_summary_lines_show_stderr_even_when_lm_eval_has_none():
     summary = {
         "tasks": {
@@ -339,6 +362,28 @@ def test_results_samples_and_manifest(run_dir):
     assert le["limits"] == {"arc_easy": LIMIT, "gsm8k": LIMIT}
     assert man["models"][0]["name"] == "smollm2-135m-instruct"
     assert {Path(p).name for p in man["data"]} == {"ARC-Easy-Test.jsonl", "test.jsonl"}
+
+
+@pytest.mark.slow
+def test_memory_cap_changes_the_batch_not_the_scores(run_dir, data, tmp_path, caplog):
+    """A memory budget too small for one row runs lm-eval one row at a time, with the same scores."""
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="tbr.general"):
+        general(
+            GeneralConfig(
+                tasks=["arc_easy"], data_dir=str(data), out=str(out), limit=LIMIT, memory_fraction=1e-9
+            )
+        )
+    assert any("one row's logits need" in r.getMessage() for r in caplog.records)
+    small = json.loads((out / "manifest.json").read_text())["lm_eval"]["loglikelihood_batches"]
+    full = json.loads((run_dir[0] / "manifest.json").read_text())["lm_eval"]["loglikelihood_batches"]
+    assert [b["batch_size"] for b in small] == [1] and [b["batch_size"] for b in full] == [8]
+    assert small[0]["vocab"] == 49_152 and small[0]["longest_tokens"] == full[0]["longest_tokens"] > 10
+    rows = lambda d: [json.loads(x) for x in (d / "samples_tbr_arc_easy.jsonl").read_text().splitlines()]  # noqa: E731
+    ours, theirs = rows(out), rows(run_dir[0])
+    assert [r["acc"] for r in ours] == [r["acc"] for r in theirs]
+    lls = lambda rs: [float(resp[0][0]) for r in rs for resp in r["resps"]]  # noqa: E731
+    assert lls(ours) == pytest.approx(lls(theirs), abs=1e-4)
 
 
 @pytest.mark.slow
