@@ -95,8 +95,15 @@ class Experiment:
     # model) only serve the resume of an unfinished one; they are deleted once its DONE.json is
     # written (measured: 1.6 of the 2.1 GB per SmolLM2 training). true keeps them.
     keep_checkpoints: bool = False
+    # Memory (GB) that the stages of this run directory may hold at once, across all its `tbr run`
+    # workers (default: 90% of the machine's). A stage whose kind's measured peak (max_rss_mb in the
+    # DONE.json of finished stages of that kind) would not fit beside the peaks of the stages other
+    # workers are running waits (memory_wait): two Qwen trainings at 18.5 GB each on a 24 GB machine.
+    memory_gb: float | None = None
 
     def validate(self) -> None:
+        if self.memory_gb is not None and self.memory_gb <= 0:
+            raise ConfigError(f"memory_gb must be a positive number of GB, got {self.memory_gb}")
         bad = [s for s in self.sources if s not in SOURCES]
         if bad:
             raise ConfigError(f"unknown reflection source(s) {bad}; use {', '.join(SOURCES)}")
@@ -744,6 +751,61 @@ def _claim(out: Path) -> Iterator[bool]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def peak_mb(root: Path, kind: str) -> float:
+    """The largest peak RSS of the finished stages of one kind in a run directory (0: none yet)."""
+    peaks = []
+    for done in root.glob(f"{kind}/*/DONE.json"):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            peaks.append(float(json.loads(done.read_text()).get("max_rss_mb") or 0))
+    return max(peaks, default=0.0)
+
+
+def running_stages(root: Path, mine: str) -> list[str]:
+    """Stage directories (kind/label-key) whose lock another process holds: the stages running now."""
+    import fcntl
+
+    held = []
+    for lock in root.glob("*/*.lock"):
+        name = f"{lock.parent.name}/{lock.name.removesuffix('.lock')}"
+        if name == mine or (lock.with_suffix("") / "DONE.json").exists():
+            continue
+        with lock.open("a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held.append(name)
+            else:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    return held
+
+
+def memory_wait(root: Path, stage: Stage, limit_mb: float) -> str | None:
+    """Why `stage` must wait for memory, or None if it may start now.
+
+    A stage's need is the measured peak of its kind in this run directory (nothing measured yet: no
+    wait). Peaks, not free memory, because a training reaches its peak minutes after it starts, when a
+    second worker that looked at free memory would already have started a second one. With nothing
+    else running the stage always starts: waiting would not free anything."""
+    need = peak_mb(root, stage.kind)
+    others = running_stages(root, stage.dirname)
+    if not need or not others:
+        return None
+    held = sum(peak_mb(root, o.split("/")[0]) for o in others)
+    if need + held <= limit_mb:
+        return None
+    return (
+        f"{stage.dirname} waits for memory: its kind peaked at {need / 1024:.1f} GB, and the "
+        f"{len(others)} running stage(s) at {held / 1024:.1f} GB, over the {limit_mb / 1024:.1f} GB "
+        "limit (memory_gb)"
+    )
+
+
+def memory_limit_mb(exp: Experiment) -> float:
+    import psutil
+
+    return exp.memory_gb * 1024 if exp.memory_gb else 0.9 * psutil.virtual_memory().total / 2**20
+
+
 def execute(
     exp: Experiment,
     root: Path,
@@ -777,6 +839,8 @@ def execute(
             progress(f"[{i}/{len(stages)}] {stage.dirname}: done earlier, skipped")
             warn_precision(stage)
     waiting = False
+    limit_mb = memory_limit_mb(exp)
+    told: set[str] = set()  # stages whose memory wait was already reported
     while not all(done.values()):
         ran = False
         for i, stage in enumerate(stages, 1):
@@ -798,6 +862,11 @@ def execute(
                     progress(f"[{i}/{len(stages)}] {stage.dirname}: same inputs finished in {src}, copied")
                     warn_precision(stage)
                     break
+                if why := memory_wait(root, stage, limit_mb):
+                    if stage.dirname not in told:
+                        progress(f"[{i}/{len(stages)}] {why}")
+                        told.add(stage.dirname)
+                    continue  # another stage may fit; else wait below for the running ones
                 # Time left: duration of finished stages of the same kind, times the stages still to run.
                 left = sum(durations.get(s.kind, 0.0) for s in stages if not done[s.dirname])
                 progress(

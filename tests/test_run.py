@@ -14,10 +14,12 @@ from tbr.errors import ConfigError
 from tbr.io import sha256_file
 from tbr.run import (
     Experiment,
+    Stage,
     _claim,
     check_plan,
     execute,
     load_experiment,
+    memory_wait,
     plan,
     precision_note,
     select,
@@ -176,6 +178,41 @@ def test_a_stage_is_claimed_by_one_worker_at_a_time(tmp_path):
             f.unlink()
         with _claim(stage) as again:
             assert again is False
+
+
+def test_a_stage_waits_while_the_memory_its_kind_needs_is_held(tmp_path):
+    import subprocess
+    import sys
+
+    root = tmp_path / "run"
+    for name, mb in (("train/a-1", 18_500), ("train/b-2", 18_400), ("eval/c-3", 3_100)):  # finished ones
+        (root / name).mkdir(parents=True)
+        (root / name / "DONE.json").write_text(json.dumps({"max_rss_mb": mb}))
+    train, evaluation = Stage("train", "next", {"seed": 1}), Stage("eval", "next", {"seed": 1})
+    holder = (
+        "import sys, time; from pathlib import Path; from tbr.run import _claim\n"
+        "with _claim(Path(sys.argv[1])) as mine:\n    print(mine, flush=True); time.sleep(30)\n"
+    )
+    # another worker is training (a real process holding a stage lock)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", holder, str(root / "train" / "running-4")], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "True"
+        assert memory_wait(root, train, limit_mb=21_700) == (
+            "train/next-" + train.key + " waits for memory: its kind peaked at 18.1 GB, and the 1 running "
+            "stage(s) at 18.1 GB, over the 21.2 GB limit (memory_gb)"
+        )
+        assert memory_wait(root, evaluation, limit_mb=21_700) is None  # an eval (3.1 GB) fits beside it
+        assert memory_wait(root, train, limit_mb=40_000) is None  # room for two trainings
+    finally:
+        proc.kill()
+        proc.wait()
+    assert memory_wait(root, train, limit_mb=21_700) is None  # nothing else running: waiting frees nothing
+    # a stage whose kind has no measured peak yet never waits
+    assert memory_wait(root, Stage("general", "g", {}), limit_mb=1) is None
+    with pytest.raises(ConfigError, match="memory_gb"):
+        build(Experiment, {"memory_gb": 0}).validate()
 
 
 SHIPPED = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
