@@ -19,6 +19,8 @@ prompts only, since emulation is slow). The method names end in the dtype:
                      keeps F.linear: the packed weights it measured slower there
   naive-b1-DT        model.generate one prompt at a time (no batching, no padding), on --naive-n prompts
   hf-sorted-b16-fp32 the plain length-sorted loop around model.generate (only with --methods)
+  tbr-compiled-bN-fp32  tbr's loop with each layer's MLP compiled by torch.compile (inductor, frozen
+                     weights), at batch N, on a third fp32 copy (only with --methods; issue 14)
   llamacpp-bN-Q      tbr.generate.llamacpp.LlamaCppBackend: llama.cpp in-process on a GGUF that
                      tbr.generate.to_gguf wrote from the same checkpoint, weights in Q (q8_0, f32),
                      the same batch-size search; compared with lm-eval's best in the native dtype and
@@ -362,6 +364,35 @@ def main() -> None:
             a.n,
             lambda: run_hf_sorted(lm_models["fp32"][0], tok, texts, a.max_new_tokens, 16),
         )
+
+    # torch.compile of the decode step (issue 14), only when asked for by name: tbr's loop on a third
+    # fp32 copy whose MLPs are compiled by inductor (weights frozen, shapes dynamic after the first
+    # recompile). Whole-layer and whole-model compiles recompile on every cache length (the
+    # preallocated cache's fill level is a Python int); the model-level one compiled for 11 minutes on
+    # one core and then ran no faster. The compile (a warm-up on 2 prompts, its compile workers'
+    # CPU time included) is recorded beside the timed run, which starts warm.
+    for name in sorted(k for k in wanted or () if k.startswith("tbr-compiled-b") and k.endswith("-fp32")):
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
+        cm, ctok, cref = load(a.model, dtype="fp32", device="cpu")
+        for layer in cm.model.layers:
+            layer.mlp = torch.compile(layer.mlp)
+        bs = bs_of(name, tbr_bs[0])
+        t0, c0 = time.perf_counter(), os.times()
+        run_tbr(cm, ctok, cref, convs[:2], 4, 2)
+        c1 = os.times()
+        compile_cpu = sum(c1[:4]) - sum(c0[:4])
+        measure(
+            name,
+            "fp32",
+            a.n,
+            lambda cm=cm, ctok=ctok, cref=cref, bs=bs: run_tbr(cm, ctok, cref, convs, a.max_new_tokens, bs),
+        )
+        if name in results:
+            results[name]["compile_wall_s"] = round(time.perf_counter() - t0 - results[name]["wall_s"], 2)
+            results[name]["compile_cpu_s"] = round(compile_cpu, 2)
+            save()
 
     # llama.cpp on GGUFs written from the same checkpoint (its threads = --threads).
     qtypes = [q for q in a.llamacpp_types.split(",") if q]
