@@ -158,14 +158,15 @@ def model_args(cfg: GeneralConfig, ref: Any) -> dict[str, Any]:
     return args
 
 
-# lm-eval's loglikelihood scores a batch from [batch, longest request, vocabulary] logits: the model's
-# output, its log-softmax and a temporary of the same size (3 copies: Qwen2.5-Coder-0.5B, fp32, MMLU
-# 5-shot at batch 2 peaked at 8.4 GB, docs/results.md). With a 151,936-token vocabulary one 1,500-token
-# row is then 2.7 GB, and lm-eval's default batch of 8 went past 20 GB. lm-eval's own `batch_size=auto`
-# finds the batch by trying forward passes until one fails, which on a CPU is the OOM killer rather than
-# an exception. So tbr sets the batch from the longest request (lm-eval sorts longest first, so the first
-# batch is the largest) and the memory that is free when it starts.
-LOGIT_COPIES = 3
+# lm-eval's loglikelihood scores a batch from [batch, longest request, vocabulary] logits, held twice:
+# the model's output and its log-softmax. Measured (SmolLM2-135M, fp32, MMLU 5-shot, whose longest
+# request is 2,724 tokens): peak RSS 2.88 GB at batch 1 and 5.01 GB at batch 3, i.e. 1.07 GB a row =
+# 8 bytes a logit. With Qwen2.5's 151,936-token vocabulary a row is 3.3 GB, and lm-eval's default batch
+# of 8 went past 20 GB. lm-eval's own `batch_size=auto` finds the batch by trying forward passes until
+# one fails, which on a CPU is the OOM killer rather than an exception. So tbr sets the batch from the
+# longest request (lm-eval sorts longest first, so the first batch is the largest) and the memory that
+# is free when it starts; memory_fraction (0.5) is the margin for everything else.
+LOGIT_COPIES = 2
 
 
 def batch_cap(

@@ -242,15 +242,15 @@ def test_default_shots_and_override():
 
 def test_batch_cap_keeps_a_large_vocabulary_within_memory():
     gib = 2**30
-    # Qwen2.5 (151,936 tokens), a 1,500-token MMLU prompt, fp32: 2.7 GB a row, so 3 rows in 10 GB
-    assert batch_cap(1500, 151_936, 4, 20 * gib, 0.5, 8) == 3
+    # Qwen2.5 (151,936 tokens), MMLU's longest 5-shot prompt (2,724 tokens), fp32: 3.3 GB a row
+    assert batch_cap(2724, 151_936, 4, 20 * gib, 0.5, 8) == 3
     # SmolLM2's 49,152-token vocabulary fits the whole batch of 8 in the same memory
-    assert batch_cap(1500, 49_152, 4, 20 * gib, 0.5, 8) == 8
+    assert batch_cap(2724, 49_152, 4, 20 * gib, 0.5, 8) == 8
     # bf16 logits are half the bytes: twice the rows
-    assert batch_cap(1500, 151_936, 2, 20 * gib, 0.5, 8) == 7
+    assert batch_cap(2724, 151_936, 2, 20 * gib, 0.5, 8) == 6
     # never above the configured batch, never below one row (a warning, not a silent zero)
     assert batch_cap(10, 100, 4, 20 * gib, 0.5, 8) == 8
-    assert batch_cap(1500, 151_936, 4, gib, 0.5, 8) == 1
+    assert batch_cap(2724, 151_936, 4, gib, 0.5, 8) == 1
     with pytest.raises(ConfigError, match="memory-fraction must be in"):
         GeneralConfig(out="x", memory_fraction=1.5).validate()
 
