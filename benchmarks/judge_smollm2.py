@@ -7,7 +7,7 @@ refusals); features are the last prompt token's hidden state after layers 10, 20
 leave-one-file-out log loss (tbr.judge.train.fit_head), as for the default design. docs/results.md
 has the numbers; the answer is cut to its first 160 tokens to bound the cost (about 335 CPU s).
 
-    OMP_NUM_THREADS=1 python benchmarks/judge_smollm2.py --cache /tmp/smol.npy
+    OMP_NUM_THREADS=1 python benchmarks/judge_smollm2.py --cache runs/judge-smol.npy
 """
 
 from __future__ import annotations
