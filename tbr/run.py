@@ -99,6 +99,7 @@ class Experiment:
     # workers (default: 90% of the machine's). A stage whose kind's measured peak (max_rss_mb in the
     # DONE.json of finished stages of that kind) would not fit beside the peaks of the stages other
     # workers are running waits (memory_wait): two Qwen trainings at 18.5 GB each on a 24 GB machine.
+    # A kind with no finished stage yet runs one stage at a time until its peak is measured.
     memory_gb: float | None = None
 
     def validate(self) -> None:
@@ -782,14 +783,24 @@ def running_stages(root: Path, mine: str) -> list[str]:
 def memory_wait(root: Path, stage: Stage, limit_mb: float) -> str | None:
     """Why `stage` must wait for memory, or None if it may start now.
 
-    A stage's need is the measured peak of its kind in this run directory (nothing measured yet: no
-    wait). Peaks, not free memory, because a training reaches its peak minutes after it starts, when a
-    second worker that looked at free memory would already have started a second one. With nothing
-    else running the stage always starts: waiting would not free anything."""
+    A stage's need is the measured peak of its kind in this run directory. Peaks, not free memory,
+    because a training reaches its peak minutes after it starts, when a second worker that looked at
+    free memory would already have started a second one. With nothing else running the stage always
+    starts: waiting would not free anything. A kind with no measured peak yet runs one stage at a time
+    until its first stage finishes: the first two Qwen trainings of a fresh directory would otherwise
+    start together and the second be OOM-killed (seen on a 24 GB machine)."""
     need = peak_mb(root, stage.kind)
     others = running_stages(root, stage.dirname)
-    if not need or not others:
+    if not others:
         return None
+    if not need:
+        same = [o for o in others if o.split("/")[0] == stage.kind]
+        if not same:
+            return None
+        return (
+            f"{stage.dirname} waits for memory: no {stage.kind} stage has finished here yet, so its "
+            f"peak is unknown, and {same[0]} is running; the first of a kind runs alone until measured"
+        )
     held = sum(peak_mb(root, o.split("/")[0]) for o in others)
     if need + held <= limit_mb:
         return None

@@ -205,6 +205,17 @@ def test_a_stage_waits_while_the_memory_its_kind_needs_is_held(tmp_path):
         )
         assert memory_wait(root, evaluation, limit_mb=21_700) is None  # an eval (3.1 GB) fits beside it
         assert memory_wait(root, train, limit_mb=40_000) is None  # room for two trainings
+        # a kind with no measured peak: a second one waits while the first runs; another kind does not
+        fresh = tmp_path / "fresh"
+        (fresh / "train").mkdir(parents=True)
+        (root / "train" / "running-4.lock").rename(
+            fresh / "train" / "running-4.lock"
+        )  # flock follows the inode
+        assert memory_wait(fresh, train, limit_mb=1e9) == (
+            "train/next-" + train.key + " waits for memory: no train stage has finished here yet, so its "
+            "peak is unknown, and train/running-4 is running; the first of a kind runs alone until measured"
+        )
+        assert memory_wait(fresh, evaluation, limit_mb=1e9) is None
     finally:
         proc.kill()
         proc.wait()
