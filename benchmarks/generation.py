@@ -14,7 +14,7 @@ prompts only, since emulation is slow). The method names end in the dtype:
   tbr-sdpa-bN-bf16   the same loop with SDPA attention instead of tbr's decode attention
   tbr-plainlinear-bN-DT  the same loop with plain F.linear instead of weights packed once per batch
                      (tbr.generate.packed: what auto does in bf16 on CPUs with AMX;
-                     fp32 is never packed, so it has neither row)
+                     and in fp32 through MKL on the same CPUs)
   tbr-packedlinear-bN-bf16  the other way round, on CPUs with native bf16 but no AMX, where auto
                      keeps F.linear: the packed weights it measured slower there
   naive-b1-DT        model.generate one prompt at a time (no batching, no padding), on --naive-n prompts

@@ -26,6 +26,9 @@ Where the time goes on a CPU (measured in benchmarks/README.md, "Generation"), a
     matmuls instead (tbr.generate.attention): 1.29x end to end. Greedy picks use max().indices, which
     is argmax and 5x faster than bf16 argmax over a 49k vocabulary. What is left is the weight
     matmuls (61% of a bf16 decode step, near the core's peak);
+  * weights packed once per batch (tbr.generate.packed, on AMX CPUs): the GEMM library otherwise
+    reorders every weight inside every call. bf16 through oneDNN 1.15x, fp32 through MKL's packed
+    SGEMM (decode steps padded to the packed row count as rows finish) 1.12x end to end;
   * dtype: bf16 only where the CPU has native bf16 (avx512_bf16/AMX). Emulated bf16 was 3-4x slower
     than fp32 on an AVX2-only CPU.
 """
@@ -214,12 +217,12 @@ class TransformersBackend:
         elif self.model.config._attn_implementation == ATTENTION_NAME:
             self.model.set_attn_implementation("sdpa")
         self.prefix_sharing = prefix_sharing
-        # auto: bf16 on a CPU with AMX decodes with weights packed once per batch for oneDNN
-        # (tbr.generate.packed: bit-identical outputs, so not part of identity()); "packed" forces it
+        # auto: on a CPU with AMX, decode with weights packed once per batch (tbr.generate.packed: oneDNN
+        # for bf16, MKL for fp32; F.linear's numbers, so not part of identity()); "packed" forces it
         # wherever the path exists (the benchmark's row on CPUs where auto leaves it off).
         if linear == "packed" and packed_kind(self.model) is None:
             raise ConfigError(
-                "linear='packed' needs a bf16 model on a CPU where oneDNN computes bf16 natively"
+                "linear='packed' needs a CPU model in bf16 where oneDNN computes bf16 natively, or in fp32 with MKL"
             )
         self.linear = (
             "packed" if linear == "packed" or (linear == "auto" and packed_usable(self.model)) else "plain"

@@ -35,13 +35,18 @@ def _native_bf16() -> bool:
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
+def _mkl() -> bool:
+    return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight")
+
+
 def _expected(dtype: torch.dtype) -> bool:
-    """Whether the packed path exists: bf16 where oneDNN has it natively (fp32 stays plain: no gain)."""
-    return _native_bf16() if dtype == torch.bfloat16 else False
+    """Whether the packed path exists: bf16 where oneDNN has it natively, fp32 where torch has MKL."""
+    return {torch.bfloat16: _native_bf16(), torch.float32: _mkl()}.get(dtype, False)
 
 
 def _pays(dtype: torch.dtype) -> bool:
-    """Whether `auto` takes it: only with AMX (on avx512_bf16 without AMX it was slower)."""
+    """Whether `auto` takes it: only with AMX (bf16 on avx512_bf16 without AMX was slower; fp32 packing
+    is measured on AMX only)."""
     return _expected(dtype) and cpu_has_amx()
 
 
@@ -70,6 +75,30 @@ def test_packed_logits_equal_plain_and_are_undone_after_the_block(dtype):
     assert all("forward" not in m.__dict__ for m in model.modules())  # the class's forward is back
 
 
+@pytest.mark.skipif(not _mkl(), reason="this torch has no MKL packed SGEMM")
+def test_fp32_steps_with_fewer_rows_are_padded_to_the_packed_count_then_packed_again(monkeypatch):
+    """MKL's packed weight serves one row count: a decode step that lost a row is padded back up to it
+    (the live rows then get the full batch's numbers), and one that lost more than 1/8 is packed again."""
+    model = _tiny(torch.float32)
+    packs: list[int] = []
+    real = packed._mkl_pack
+    monkeypatch.setattr(packed, "_mkl_pack", lambda w, rows: packs.append(rows) or real(w, rows))
+    step = torch.tensor([[3], [17], [5], [99], [42], [8], [2], [11]])  # 8 rows, one token each
+    with torch.inference_mode():
+        full = model(input_ids=step).logits
+        four = model(input_ids=step[:4]).logits
+        with packed.packed_linears(model, rows=8) as n:
+            assert n == 2 * 7 + 1 and set(packs) == {8}
+            seven = model(input_ids=step[:7]).logits  # 7 of 8: padded
+            assert set(packs) == {8}
+            again = model(input_ids=step[:4]).logits  # 4 of 8: packed again for 4
+            assert packs.count(4) == n
+            prefill = model(input_ids=step.T[:, :4]).logits  # several tokens a row: plain
+    assert torch.equal(seven, full[:7])
+    assert torch.equal(again, four)
+    assert torch.equal(prefill, model(input_ids=step.T[:, :4]).logits)
+
+
 def test_weights_changed_between_batches_are_used():
     """Packing is per batch: a model updated between calls (a training loop) never decodes stale copies."""
     model = _tiny(torch.bfloat16)
@@ -88,8 +117,11 @@ def test_a_packed_kernel_that_rounds_otherwise_is_not_used(monkeypatch):
     model = _tiny(torch.bfloat16)
     monkeypatch.setattr(packed, "kind", lambda m: "onednn")  # as on a CPU with native bf16
 
-    def off_by_a_bit(w, b, rows):  # a stand-in kernel: the right shape, other rounding
-        return lambda x: torch.nn.functional.linear(x, w, b) * (1 + 2**-7)
+    def off_by_a_bit(m, rows, probe):  # a stand-in kernel: the right shape, other rounding
+        def forward(x):
+            return torch.nn.functional.linear(x, m.weight, m.bias) * (1 + 2**-7)
+
+        return forward if probe(forward, m, rows) else None
 
     monkeypatch.setattr(packed, "_onednn", off_by_a_bit)
     ids = torch.tensor([[3, 17, 5]])
@@ -118,7 +150,7 @@ def test_backend_records_its_linear_setting_and_greedy_answers_match(tmp_path, d
     # "packed" forces the packed path (the benchmark's row where auto stays plain); it is refused
     # where the path does not exist
     if not _expected(dtype):
-        with pytest.raises(ConfigError, match="linear='packed' needs a bf16 model"):
+        with pytest.raises(ConfigError, match="linear='packed' needs a CPU model"):
             TransformersBackend("tiny", progress=False, loaded=(model, tok, ref), linear="packed")
     out = {}
     for linear in ("plain", "auto", "packed") if _expected(dtype) else ("plain", "auto"):
