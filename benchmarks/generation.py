@@ -11,10 +11,11 @@ prompts only, since emulation is slow). The method names end in the dtype:
                      batch, KV cache allocated once per batch, decode attention of tbr.generate.attention
                      in bf16), the same batch-size search
   tbr-dyncache-bN-DT the same loop with transformers' DynamicCache, at tbr's best batch
-  tbr-sdpa-bN-bf16   the same loop with SDPA attention instead of tbr's decode attention
+  tbr-sdpaattn-bN-bf16    the same loop with SDPA attention instead of tbr's decode attention
+  tbr-decodeattn-bN-bf16  the other way round on CPUs with AMX, where auto keeps SDPA (faster there)
   tbr-plainlinear-bN-DT  the same loop with plain F.linear instead of weights packed once per batch
-                     (tbr.generate.packed: what auto does in bf16 on CPUs with AMX;
-                     and in fp32 through MKL on the same CPUs)
+                     (tbr.generate.packed: what auto does on CPUs with AMX, through oneDNN
+                     in bf16 and MKL's packed SGEMM in fp32)
   tbr-packedlinear-bN-bf16  the other way round, on CPUs with native bf16 but no AMX, where auto
                      keeps F.linear: the packed weights it measured slower there
   naive-b1-DT        model.generate one prompt at a time (no batching, no padding), on --naive-n prompts
@@ -54,7 +55,7 @@ import torch
 from tbr.generate import packed
 from tbr.generate.base import SamplingParams, chat
 from tbr.generate.hf import TransformersBackend
-from tbr.models import cpu_supports_bf16, load
+from tbr.models import cpu_has_amx, cpu_supports_bf16, load
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -331,12 +332,13 @@ def main() -> None:
             n,
             lambda: run_tbr(*tbr_models[dt], convs[:n], a.max_new_tokens, b0, kv_cache="dynamic"),
         )
-        if dt == "bf16":
+        if dt == "bf16":  # the other attention than auto's choice: SDPA, or tbr's two matmuls on AMX
+            other_attn = "decode" if cpu_has_amx() else "sdpa"
             measure(
-                f"tbr-sdpa-b{b0}-{dt}",
+                f"tbr-{other_attn}attn-b{b0}-{dt}",
                 dt,
                 n,
-                lambda: run_tbr(*tbr_models[dt], convs[:n], a.max_new_tokens, b0, attention="sdpa"),
+                lambda: run_tbr(*tbr_models[dt], convs[:n], a.max_new_tokens, b0, attention=other_attn),
             )
         # The other linear-layer choice than the one auto made here: plain where auto packs (AMX),
         # packed where auto stays plain but the packed path exists (avx512_bf16 without AMX).

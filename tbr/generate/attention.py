@@ -12,6 +12,11 @@ matmul, softmax runs in fp32. That rounds differently from the flash kernel (nei
 fp32 in general), so greedy bf16 answers can differ from SDPA's; the benchmark counts how many.
 Everything else is left to SDPA unchanged: fp32 (where tbr promises outputs identical to
 `model.generate`), prefill (several query tokens), other devices.
+
+Not on CPUs with AMX: there PyTorch's flash kernel runs its bf16 blocks on the AMX tiles, and SDPA was
+the faster of the two in every measurement (SmolLM2-135M, 128 XSTest prompts × 128 tokens, batch 128,
+one core, bf16 weights packed: 1.02-1.09× in three alternating pairs, 2026-12-07; 1.07× and ~1.0× in
+2026-12-02's runs; benchmarks/README.md, issue 14).
 """
 
 from __future__ import annotations
@@ -67,13 +72,16 @@ def register() -> str:
     return NAME
 
 
-def use_for(model: Any) -> bool:
-    """Switch a bf16 CPU model that runs SDPA to decode_attention. Returns whether it switched.
+def use_for(model: Any, force: bool = False) -> bool:
+    """Switch a bf16 CPU model that runs SDPA to decode_attention where it pays (no AMX; `force`: on
+    any CPU). Returns whether it switched.
 
     Prefill (several query tokens), fp32 and other devices still reach SDPA through decode_attention's
     fallback, so other code sharing the model (attribution and training run whole sequences) computes
     exactly what it did before; only one-token bf16 steps change."""
-    if model.device.type != "cpu" or model.dtype != torch.bfloat16:
+    from tbr.models import cpu_has_amx
+
+    if model.device.type != "cpu" or model.dtype != torch.bfloat16 or (cpu_has_amx() and not force):
         return False
     if getattr(model.config, "_attn_implementation", None) not in ("sdpa", NAME):
         return False

@@ -22,8 +22,8 @@ Where the time goes on a CPU (measured in benchmarks/README.md, "Generation"), a
     fp32 end to end (benchmarks/README.md, issue 14);
   * shared prefix: every chat prompt opens with the same template text (SmolLM2's system turn is 24
     of ~40 tokens on XSTest); it is prefilled once per batch and copied into every row (_prefill_shared);
-  * attention (bf16 on CPU): SDPA's flash kernel is slow for a one-token query; decode steps use two
-    matmuls instead (tbr.generate.attention): 1.29x end to end. Greedy picks use max().indices, which
+  * attention (bf16 on CPU without AMX): SDPA's flash kernel is slow for a one-token query; decode steps
+    use two matmuls instead (tbr.generate.attention): 1.29x end to end. With AMX, SDPA is faster. Greedy picks use max().indices, which
     is argmax and 5x faster than bf16 argmax over a 49k vocabulary. What is left is the weight
     matmuls (61% of a bf16 decode step, near the core's peak);
   * weights packed once per batch (tbr.generate.packed, on AMX CPUs): the GEMM library otherwise
@@ -203,16 +203,17 @@ class TransformersBackend:
         # the same values, so it is not part of identity().
         if kv_cache not in ("preallocated", "dynamic"):
             raise ConfigError(f"kv_cache must be 'preallocated' or 'dynamic', got {kv_cache!r}")
-        if attention not in ("auto", "sdpa"):
-            raise ConfigError(f"attention must be 'auto' or 'sdpa', got {attention!r}")
+        if attention not in ("auto", "sdpa", "decode"):
+            raise ConfigError(f"attention must be 'auto', 'sdpa' or 'decode', got {attention!r}")
         if linear not in ("auto", "plain", "packed"):
             raise ConfigError(f"linear must be 'auto', 'plain' or 'packed', got {linear!r}")
         self.model, self.tokenizer, self.ref = loaded or load(model, dtype=dtype, device=device)
-        # auto: bf16 decode steps on CPU use tbr.generate.attention (the numerics of transformers'
-        # eager attention; 1.29x end to end over SDPA's flash kernel there); everything else stays SDPA.
+        # auto: bf16 decode steps on a CPU without AMX use tbr.generate.attention (the numerics of
+        # transformers' eager attention; 1.29x end to end over SDPA's flash kernel there); everything else,
+        # AMX CPUs included, stays SDPA. "decode" forces the two matmuls on any CPU (the benchmark's row).
         # A model shared with a backend that switched it is switched back when this one asks for SDPA.
         self.attention = "sdpa"
-        if attention == "auto" and use_for(self.model):
+        if attention != "sdpa" and use_for(self.model, force=attention == "decode"):
             self.attention = ATTENTION_NAME
         elif self.model.config._attn_implementation == ATTENTION_NAME:
             self.model.set_attn_implementation("sdpa")

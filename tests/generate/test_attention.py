@@ -8,6 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from tbr.generate import attention
+from tbr.models import cpu_has_amx
 
 
 class _Module(torch.nn.Module):  # what the attention functions read off the layer
@@ -59,9 +60,12 @@ def test_use_for_switches_bf16_cpu_models_only():
     assert not attention.use_for(fp32) and fp32.config._attn_implementation == "sdpa"
     bf16 = LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
     ids = torch.tensor([[5, 9, 2, 7, 11]])
+    # with AMX, SDPA's flash kernel is the faster one: auto leaves the model alone, force switches it
+    assert attention.use_for(bf16) == (not cpu_has_amx())
+    assert bf16.config._attn_implementation == ("sdpa" if cpu_has_amx() else attention.NAME)
     with torch.inference_mode():
         before = bf16(input_ids=ids).logits
-        assert attention.use_for(bf16) and bf16.config._attn_implementation == attention.NAME
+        assert attention.use_for(bf16, force=True) and bf16.config._attn_implementation == attention.NAME
         after = bf16(input_ids=ids).logits  # prefill: still SDPA, so bit for bit the same
     assert torch.equal(before, after)
 
@@ -74,7 +78,9 @@ def test_backend_attention_setting_is_what_the_model_runs():
     if not BUILTINS[DEFAULT_MODEL].installed():
         pytest.skip(f"{DEFAULT_MODEL} not installed")
     loaded = load(DEFAULT_MODEL, dtype="bf16", device="cpu")
-    fast = TransformersBackend(DEFAULT_MODEL, progress=False, loaded=loaded)
+    auto = TransformersBackend(DEFAULT_MODEL, progress=False, loaded=loaded)
+    assert auto.attention == ("sdpa" if cpu_has_amx() else attention.NAME)
+    fast = TransformersBackend(DEFAULT_MODEL, progress=False, loaded=loaded, attention="decode")
     assert fast.attention == attention.NAME == loaded[0].config._attn_implementation
     assert fast.identity()["attention"] == attention.NAME
     plain = TransformersBackend(DEFAULT_MODEL, progress=False, loaded=loaded, attention="sdpa")
