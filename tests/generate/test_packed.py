@@ -76,27 +76,31 @@ def test_packed_logits_equal_plain_and_are_undone_after_the_block(dtype):
 
 
 @pytest.mark.skipif(not _mkl(), reason="this torch has no MKL packed SGEMM")
-def test_fp32_steps_with_fewer_rows_are_padded_to_the_packed_count_then_packed_again(monkeypatch):
+def test_fp32_steps_with_fewer_rows_are_padded_to_the_packed_count_then_plain(monkeypatch):
     """MKL's packed weight serves one row count: a decode step that lost a row is padded back up to it
-    (the live rows then get the full batch's numbers), and one that lost more than 1/8 is packed again."""
+    (the live rows then get the full batch's numbers); one that lost more than 1/8 runs F.linear."""
     model = _tiny(torch.float32)
-    packs: list[int] = []
-    real = packed._mkl_pack
-    monkeypatch.setattr(packed, "_mkl_pack", lambda w, rows: packs.append(rows) or real(w, rows))
+    calls: list[int] = []  # rows of each packed call
+    real = packed._mkl_linear
+    monkeypatch.setattr(packed, "_mkl_linear", lambda x, *a: calls.append(len(x)) or real(x, *a))
     step = torch.tensor([[3], [17], [5], [99], [42], [8], [2], [11]])  # 8 rows, one token each
     with torch.inference_mode():
         full = model(input_ids=step).logits
         four = model(input_ids=step[:4]).logits
+        prefill = model(input_ids=step.T[:, :4]).logits
         with packed.packed_linears(model, rows=8) as n:
-            assert n == 2 * 7 + 1 and set(packs) == {8}
-            seven = model(input_ids=step[:7]).logits  # 7 of 8: padded
-            assert set(packs) == {8}
-            again = model(input_ids=step[:4]).logits  # 4 of 8: packed again for 4
-            assert packs.count(4) == n
-            prefill = model(input_ids=step.T[:, :4]).logits  # several tokens a row: plain
+            assert n == 2 * 7 + 1
+            calls.clear()  # (the probes)
+            at_hint = model(input_ids=step).logits
+            seven = model(input_ids=step[:7]).logits  # 7 of 8: padded to 8
+            assert calls == [8] * 2 * n
+            few = model(input_ids=step[:4]).logits  # 4 of 8: plain
+            several = model(input_ids=step.T[:, :4]).logits  # several tokens a row: plain
+            assert calls == [8] * 2 * n
+    assert torch.equal(at_hint, full)
     assert torch.equal(seven, full[:7])
-    assert torch.equal(again, four)
-    assert torch.equal(prefill, model(input_ids=step.T[:, :4]).logits)
+    assert torch.equal(few, four)
+    assert torch.equal(several, prefill)
 
 
 def test_weights_changed_between_batches_are_used():
