@@ -22,13 +22,14 @@ Where the time goes on a CPU (measured in benchmarks/README.md, "Generation"), a
     fp32 end to end (benchmarks/README.md, issue 14);
   * shared prefix: every chat prompt opens with the same template text (SmolLM2's system turn is 24
     of ~40 tokens on XSTest); it is prefilled once per batch and copied into every row (_prefill_shared);
-  * attention (bf16 on CPU without AMX): SDPA's flash kernel is slow for a one-token query; decode steps
-    use two matmuls instead (tbr.generate.attention): 1.29x end to end. With AMX, SDPA is faster. Greedy picks use max().indices, which
-    is argmax and 5x faster than bf16 argmax over a 49k vocabulary. What is left is the weight
-    matmuls (61% of a bf16 decode step, near the core's peak);
+  * attention (bf16 on CPU without AMX): SDPA's flash kernel is slow for a one-token query; decode
+    steps use two matmuls instead (tbr.generate.attention): 1.29x end to end. With AMX the flash kernel
+    runs on the tiles and is the faster one, so it stays. Greedy picks use max().indices, which is
+    argmax and 5x faster than bf16 argmax over a 49k vocabulary;
   * weights packed once per batch (tbr.generate.packed, on AMX CPUs): the GEMM library otherwise
-    reorders every weight inside every call. bf16 through oneDNN 1.15x, fp32 through MKL's packed
-    SGEMM (decode steps padded to the packed row count as rows finish) 1.12x end to end;
+    reorders every weight inside every call. bf16 through oneDNN 1.15-1.17x, fp32 through MKL's packed
+    SGEMM (decode steps padded back to the packed row count while 7/8 of the rows live) 1.10-1.11x
+    end to end. What is left is mostly the weight matmuls, near the core's peak, and attention;
   * dtype: bf16 only where the CPU has native bf16 (avx512_bf16/AMX). Emulated bf16 was 3-4x slower
     than fp32 on an AVX2-only CPU.
 """

@@ -20,7 +20,7 @@ change:
         the rows of a GEMM do not mix, so a live row gets the numbers it gets in the full batch (which
         is what `model.generate`, which never drops rows, computes too). Once padding would waste more
         than 1/8 of a call, the layer goes back to F.linear for the rest of the batch. It is not
-        packed again for the live rows: a pack of SmolLM2-135M costs ~0.3 CPU-s, about four steps'
+        packed again for the live rows: a pack of SmolLM2-135M costs ~0.3 CPU-s, about five steps'
         savings at 128 rows and more at fewer, and packing again at every 1/8 lost (as a first version
         did) made the 550-prompt eval stage, whose answers end early, only 1.05× faster than plain,
         with a 6.3 GB peak instead of 1.5 GB. Only steps of one token a row take this path; a prefill
