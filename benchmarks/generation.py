@@ -55,7 +55,7 @@ import torch
 from tbr.generate import packed
 from tbr.generate.base import SamplingParams, chat
 from tbr.generate.hf import TransformersBackend
-from tbr.models import cpu_has_amx, cpu_supports_bf16, load
+from tbr.models import cpu_supports_bf16, load
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -332,8 +332,9 @@ def main() -> None:
             n,
             lambda: run_tbr(*tbr_models[dt], convs[:n], a.max_new_tokens, b0, kv_cache="dynamic"),
         )
-        if dt == "bf16":  # the other attention than auto's choice: SDPA, or tbr's two matmuls on AMX
-            other_attn = "decode" if cpu_has_amx() else "sdpa"
+        if dt == "bf16":  # the other attention than auto's choice (SDPA on AMX, else tbr's two matmuls)
+            auto = TransformersBackend(a.model, progress=False, loaded=tbr_models[dt]).attention
+            other_attn = "decode" if auto == "sdpa" else "sdpa"
             measure(
                 f"tbr-{other_attn}attn-b{b0}-{dt}",
                 dt,

@@ -78,30 +78,33 @@ def test_packed_logits_equal_plain_and_are_undone_after_the_block(dtype):
 @pytest.mark.skipif(not _mkl(), reason="this torch has no MKL packed SGEMM")
 def test_fp32_steps_with_fewer_rows_are_padded_to_the_packed_count_then_plain(monkeypatch):
     """MKL's packed weight serves one row count: a decode step that lost a row is padded back up to it
-    (the live rows then get the full batch's numbers); one that lost more than 1/8 runs F.linear."""
+    (the live rows then get the full batch's numbers); one that lost more than 1/8 runs F.linear, and so
+    does a batch too small for the pack to pay."""
     model = _tiny(torch.float32)
     calls: list[int] = []  # rows of each packed call
     real = packed._mkl_linear
     monkeypatch.setattr(packed, "_mkl_linear", lambda x, *a: calls.append(len(x)) or real(x, *a))
-    step = torch.tensor([[3], [17], [5], [99], [42], [8], [2], [11]])  # 8 rows, one token each
+    step = torch.arange(3, 3 + 16 * 7, 7)[:, None]  # 16 rows, one token each
     with torch.inference_mode():
         full = model(input_ids=step).logits
-        four = model(input_ids=step[:4]).logits
+        eight = model(input_ids=step[:8]).logits
         prefill = model(input_ids=step.T[:, :4]).logits
-        with packed.packed_linears(model, rows=8) as n:
+        with packed.packed_linears(model, rows=packed.MKL_MIN_ROWS - 1) as none:
+            assert none == 0  # a small batch stays plain: the pack would not pay
+        with packed.packed_linears(model, rows=16) as n:
             assert n <= 2 * 7 + 1  # all of them on the AMX Xeon measured
             if n == 0:
                 pytest.skip("MKL's packed kernel rounds otherwise than F.linear on every shape on this CPU")
             calls.clear()  # (the probes)
             at_hint = model(input_ids=step).logits
-            seven = model(input_ids=step[:7]).logits  # 7 of 8: padded to 8
-            assert calls == [8] * 2 * n
-            few = model(input_ids=step[:4]).logits  # 4 of 8: plain
+            fourteen = model(input_ids=step[:14]).logits  # 14 of 16: padded to 16
+            assert calls == [16] * 2 * n
+            few = model(input_ids=step[:8]).logits  # 8 of 16: plain
             several = model(input_ids=step.T[:, :4]).logits  # several tokens a row: plain
-            assert calls == [8] * 2 * n
+            assert calls == [16] * 2 * n
     assert torch.equal(at_hint, full)
-    assert torch.equal(seven, full[:7])
-    assert torch.equal(few, four)
+    assert torch.equal(fourteen, full[:14])
+    assert torch.equal(few, eight)
     assert torch.equal(several, prefill)
 
 
@@ -151,7 +154,7 @@ def test_backend_records_its_linear_setting_and_greedy_answers_match(tmp_path, d
     ref = ModelRef(name="tiny", path=str(tmp_path), weights_hash="0" * 16)
     convs = [
         [{"role": "user", "content": " ".join(f"w{(7 * i + j) % 120 + 2}" for j in range(5))}]
-        for i in range(4)
+        for i in range(16)  # 16 rows: enough for the fp32 (MKL) path to pack
     ]
     # "packed" forces the packed path (the benchmark's row where auto stays plain); it is refused
     # where the path does not exist
@@ -161,7 +164,7 @@ def test_backend_records_its_linear_setting_and_greedy_answers_match(tmp_path, d
     out = {}
     for linear in ("plain", "auto", "packed") if _expected(dtype) else ("plain", "auto"):
         be = TransformersBackend(
-            "tiny", batch_size=4, progress=False, loaded=(model, tok, ref), linear=linear
+            "tiny", batch_size=16, progress=False, loaded=(model, tok, ref), linear=linear
         )
         want = {"plain": "plain", "packed": "packed", "auto": "packed" if _pays(dtype) else "plain"}
         assert be.manifest()["linear"] == want[linear]
