@@ -811,6 +811,20 @@ def memory_wait(root: Path, stage: Stage, limit_mb: float) -> str | None:
     )
 
 
+def pick_order(stages: list[Stage], leaves: set[str], running: list[str]) -> list[tuple[int, Stage]]:
+    """The order in which a worker looks for its next stage, as (plan position, stage) pairs.
+
+    Plan order keeps one model at a time, so a run stopped early holds complete rows. With several
+    workers that starves the stages that feed others: when a training finished, both workers took its
+    evaluation and general stages while the next trainings, which memory lets run only one at a time,
+    waited (Qwen, 2026-12-07). So while another worker is already measuring (running a leaf: an eval
+    or general stage, which nothing depends on), this one looks at the feeding stages first."""
+    order = list(enumerate(stages, 1))
+    if not any(r in leaves for r in running):
+        return order
+    return sorted(order, key=lambda p: p[1].dirname in leaves)  # stable: plan order within each group
+
+
 def memory_limit_mb(exp: Experiment) -> float:
     import psutil
 
@@ -852,9 +866,10 @@ def execute(
     waiting = False
     limit_mb = memory_limit_mb(exp)
     told: set[str] = set()  # stages whose memory wait was already reported
+    leaves = {s.dirname for s in full} - {d.dirname for s in full for d in s.deps}
     while not all(done.values()):
         ran = False
-        for i, stage in enumerate(stages, 1):
+        for i, stage in pick_order(stages, leaves, running_stages(root, "")):
             out = root / stage.dirname
             if done[stage.dirname] or not all(done[d.dirname] for d in stage.deps):
                 continue

@@ -20,6 +20,7 @@ from tbr.run import (
     execute,
     load_experiment,
     memory_wait,
+    pick_order,
     plan,
     precision_note,
     select,
@@ -224,6 +225,27 @@ def test_a_stage_waits_while_the_memory_its_kind_needs_is_held(tmp_path):
     assert memory_wait(root, Stage("general", "g", {}), limit_mb=1) is None
     with pytest.raises(ConfigError, match="memory_gb"):
         build(Experiment, {"memory_gb": 0}).validate()
+
+
+def test_a_second_worker_keeps_the_feeding_stages_going_while_one_measures():
+    stages = plan(_exp(gammas=[0.0, 1.0]))
+    leaves = {s.dirname for s in stages} - {d.dirname for s in stages for d in s.deps}
+    assert {s.kind for s in stages if s.dirname in leaves} == {"eval", "general"}
+    # alone (or beside a training), a worker keeps plan order: one model at a time
+    assert [s for _, s in pick_order(stages, leaves, [])] == stages
+    train = next(s.dirname for s in stages if s.kind == "train")
+    assert [s for _, s in pick_order(stages, leaves, [train])] == stages
+    # beside a worker that evaluates, reflect/build/train come first, each group in plan order
+    evaluating = next(s.dirname for s in stages if s.kind == "eval")
+    order = pick_order(stages, leaves, [evaluating])
+    kinds = [s.kind for _, s in order]
+    assert kinds == [s.kind for s in stages if s.dirname not in leaves] + [
+        s.kind for s in stages if s.dirname in leaves
+    ]
+    assert kinds.index("train") < kinds.index("eval")
+    assert [i for i, _ in order if _.dirname not in leaves] == sorted(
+        i for i, s in enumerate(stages, 1) if s.dirname not in leaves
+    )  # positions still name the plan's
 
 
 SHIPPED = sorted(p.stem for p in CONFIGS.glob("*.yaml"))
