@@ -7,10 +7,12 @@ prompts only, since emulation is slow). The method names end in the dtype:
   lmeval-bN-DT       lm-evaluation-harness's HF backend, `generate_until`, batch N, on its own copy
                      of the model with transformers' default attention (SDPA). Batch sizes are tried in
                      order until a bigger one stops paying, per dtype, so its best setting is in the table
-  tbr-bN-DT          tbr.generate.hf.TransformersBackend (own decode loop: finished rows leave the
-                     batch, KV cache allocated once per batch, decode attention of tbr.generate.attention
-                     in bf16), the same batch-size search
+  tbr-bN-DT          tbr.generate.hf.TransformersBackend (own decode loop: a finished row takes the next
+                     prompt or leaves the batch, KV cache allocated once per batch, decode attention of
+                     tbr.generate.attention in bf16), the same batch-size search
   tbr-dyncache-bN-DT the same loop with transformers' DynamicCache, at tbr's best batch
+  tbr-norefill-bN-DT the same loop without continuous batching (each batch of N drains before the next
+                     starts), at tbr's best batch, when there are more prompts than N
   tbr-sdpaattn-bN-bf16    the same loop with SDPA attention instead of tbr's decode attention
   tbr-decodeattn-bN-bf16  the other way round on CPUs with AMX, where auto keeps SDPA (faster there)
   tbr-plainlinear-bN-DT  the same loop with plain F.linear instead of weights packed once per batch
@@ -118,7 +120,9 @@ def run_lmeval(model, tok, texts, max_new, bs):
     return lm.generate_until(reqs, disable_tqdm=True)
 
 
-def run_tbr(model, tok, ref, convs, max_new, bs, kv_cache="preallocated", attention="auto", linear="auto"):
+def run_tbr(
+    model, tok, ref, convs, max_new, bs, kv_cache="preallocated", attention="auto", linear="auto", refill=4
+):
     be = TransformersBackend(
         ref.name,
         batch_size=bs,
@@ -127,6 +131,7 @@ def run_tbr(model, tok, ref, convs, max_new, bs, kv_cache="preallocated", attent
         kv_cache=kv_cache,
         attention=attention,
         linear=linear,
+        refill=refill,
     )
     return be.generate(convs, SamplingParams(max_new_tokens=max_new))
 
@@ -332,6 +337,13 @@ def main() -> None:
             n,
             lambda: run_tbr(*tbr_models[dt], convs[:n], a.max_new_tokens, b0, kv_cache="dynamic"),
         )
+        if n > b0:  # more prompts than rows: each batch drains on its own instead of taking the next prompts
+            measure(
+                f"tbr-norefill-b{b0}-{dt}",
+                dt,
+                n,
+                lambda: run_tbr(*tbr_models[dt], convs[:n], a.max_new_tokens, b0, refill=1),
+            )
         if dt == "bf16":  # the other attention than auto's choice (SDPA on AMX, else tbr's two matmuls)
             auto = TransformersBackend(a.model, progress=False, loaded=tbr_models[dt]).attention
             other_attn = "decode" if auto == "sdpa" else "sdpa"

@@ -69,6 +69,14 @@ def test_lora_adapter_loads_on_its_base(tmp_path):
         base_logits = models.load(models.DEFAULT_MODEL, dtype="fp32")[0](**x).logits
         adapted_logits = loaded(**x).logits
     assert not torch.allclose(base_logits, adapted_logits)  # the non-zero LoRA weights are applied
+    # the generation backend decodes with the adapter merged into its base: the same function, plain layers
+    from tbr.generate.hf import TransformersBackend
+
+    backend = TransformersBackend(aref, dtype="fp32", device="cpu", progress=False)
+    assert backend.identity()["merged_adapter"] is True and backend.manifest()["merged_adapter"] is True
+    assert not any("lora" in name for name, _ in backend.model.named_modules())
+    with torch.no_grad():
+        assert torch.allclose(backend.model(**x).logits, adapted_logits, atol=1e-4)
 
 
 def test_adapter_without_weights_is_rejected(tmp_path):

@@ -47,6 +47,11 @@ class BackendConfig:
     batch_size: int = opt(
         64, "prompts per batch (transformers backend; bigger is faster on CPU, see benchmarks)"
     )
+    refill: int = opt(
+        4,
+        "transformers backend: batches' worth of prompts per decode group; a row that finishes is "
+        "replaced by the group's next prompt (continuous batching). 1 = off",
+    )
     api_base: str | None = opt(None, "OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
     api_model: str | None = opt(None, "model name at the endpoint (default: --model)")
     api_key_env: str = opt("OPENAI_API_KEY", "name of the environment variable holding the API key")
@@ -64,7 +69,7 @@ class BackendConfig:
 
 def make_backend(cfg: BackendConfig, *, progress: bool = True) -> Backend:
     """Construct the configured backend (heavy imports happen here, not at module import)."""
-    for key in ("batch_size", "max_prompt_tokens", "max_concurrency"):
+    for key in ("batch_size", "refill", "max_prompt_tokens", "max_concurrency"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"{key} must be at least 1, got {getattr(cfg, key)}")
     if cfg.backend == "transformers":
@@ -77,6 +82,7 @@ def make_backend(cfg: BackendConfig, *, progress: bool = True) -> Backend:
             batch_size=cfg.batch_size,
             progress=progress,
             max_prompt_tokens=cfg.max_prompt_tokens,
+            refill=cfg.refill,
         )
     if cfg.backend == "openai":
         if not cfg.api_base:

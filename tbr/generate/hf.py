@@ -11,6 +11,12 @@ Where the time goes on a CPU (measured in benchmarks/README.md, "Generation"), a
     end early (short-answer prompts: see the README). On XSTest at 128 tokens almost every answer
     runs to the limit, and there it is on par with `model.generate` (1.04x, noise). Greedy outputs
     are identical to `model.generate` at the same dtype (benchmark and tests);
+  * continuous batching: a dropped row would leave the batch smaller, and a step with few rows costs
+    nearly what a full one does (the weights are read either way). So a planned group holds `refill`
+    batches' worth of prompts, and the next prompt of the group takes a finished row's place at once
+    (_decode, _admit). After TBR training most answers are short refusals, and a batch otherwise
+    spends most of its steps draining: a trained Qwen2.5-0.5B on 64 XSTest prompts ran 1.40x faster
+    (docs/results.md, "Generation speed"). fp32 answers stay model.generate's (tests);
   * padding: prompts are sorted by length, so a batch of neighbours pads little (left padding, so new
     tokens follow each prompt directly). The batches are a function of the whole request list
     (plan()): in bf16, a greedy answer depends on which prompts share its batch, so the write-ahead
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -199,6 +206,7 @@ class TransformersBackend:
         attention: str = "auto",
         prefix_sharing: bool = True,
         linear: str = "auto",
+        refill: int = 4,
     ):
         # "dynamic" (transformers' DynamicCache) is kept for the benchmark's before/after row; both give
         # the same values, so it is not part of identity().
@@ -208,7 +216,16 @@ class TransformersBackend:
             raise ConfigError(f"attention must be 'auto', 'sdpa' or 'decode', got {attention!r}")
         if linear not in ("auto", "plain", "packed"):
             raise ConfigError(f"linear must be 'auto', 'plain' or 'packed', got {linear!r}")
-        self.model, self.tokenizer, self.ref = loaded or load(model, dtype=dtype, device=device)
+        if refill < 1:
+            raise ConfigError(f"refill must be at least 1, got {refill}")
+        # A LoRA adapter is merged into its base for decoding: PEFT's wrapped layers cost two extra small
+        # matmuls each and cannot take the packed path (tbr.generate.packed), and merged, a trained
+        # Qwen2.5-0.5B answered 1.32x faster (docs/results.md, "Generation speed"). The merged weights
+        # round W + BA once, so bf16 answers can differ from the unmerged model's: part of identity().
+        self.model, self.tokenizer, self.ref = loaded or load(
+            model, dtype=dtype, device=device, merge_adapter=True
+        )
+        self.merged = loaded is None and self.ref.adapter is not None
         # auto: bf16 decode steps on a CPU without AMX use tbr.generate.attention (the numerics of
         # transformers' eager attention; 1.29x end to end over SDPA's flash kernel there); everything else,
         # AMX CPUs included, stays SDPA. "decode" forces the two matmuls on any CPU (the benchmark's row).
@@ -234,6 +251,10 @@ class TransformersBackend:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         self.batch_size = batch_size
+        # A planned group holds `refill` batches' worth of prompts that decode as one batch, finished rows
+        # replaced from the group (_decode). Bigger groups waste fewer steps on a draining batch; a
+        # group is also what a resumed run redoes whole (tbr.generate.cache), so keep it a few batches.
+        self.refill = refill
         self.max_prompt_tokens = max_prompt_tokens
         self.progress = progress
         self.kv_cache = kv_cache
@@ -251,6 +272,9 @@ class TransformersBackend:
             "weights": self.weights_hash,
             "dtype": self.dtype,
             "batch_size": self.batch_size,
+            # which prompts decode together (and so, in bf16, the answers)
+            **({"refill": self.refill} if self.refill != 1 else {}),
+            **({"merged_adapter": True} if self.merged else {}),
             # bf16 answers depend on the attention kernel's rounding; fp32 ones do not
             **({"attention": self.attention} if self.attention != "sdpa" else {}),
             **({} if self.prefix_sharing else {"prefix_sharing": False}),
@@ -264,6 +288,8 @@ class TransformersBackend:
             "attention": self.attention,
             "prefix_sharing": self.prefix_sharing,
             "linear": self.linear,
+            "refill": self.refill,
+            "merged_adapter": self.merged,
         }
 
     def render(self, conv: Conversation, fmt: str) -> str:
@@ -283,7 +309,7 @@ class TransformersBackend:
         return encode_prompts(self.tokenizer, conversations, fmt, self.max_prompt_tokens, self.model_id)
 
     def plan(self, conversations: Sequence[Conversation], fmt: str) -> list[list[int]]:
-        return plan_batches(self._encode_all(conversations, fmt), self.batch_size)
+        return plan_batches(self._encode_all(conversations, fmt), self.batch_size * self.refill)
 
     def generate(
         self,
@@ -304,7 +330,7 @@ class TransformersBackend:
 
         return run_plan(
             ids,
-            batches if batches is not None else plan_batches(ids, self.batch_size),
+            batches if batches is not None else plan_batches(ids, self.batch_size * self.refill),
             params,
             decode,
             self.tokenizer,
@@ -313,8 +339,9 @@ class TransformersBackend:
             on_result=on_result,
         )
 
-    def _prefill_shared(self, prompts: list[list[int]], cache: Any) -> int:
-        """Prefill the batch's common token prefix once and copy its KV into every row of `cache`.
+    def _prefill_shared(self, prompts: list[list[int]], cache: Any, rows: int | None = None) -> int:
+        """Prefill the common token prefix of `prompts` once and copy its KV into the first `rows` rows
+        of `cache` (default: one row per prompt).
 
         Every chat prompt opens with the same template text (SmolLM2's system turn is 24 of ~40 tokens
         on XSTest), so a batch's prefill is half repeated work. The prefix is run as a batch of one and
@@ -333,7 +360,7 @@ class TransformersBackend:
             return 0
         one = DynamicCache(config=self.model.config)
         self.model(input_ids=torch.tensor([prompts[0][:n]], device=self.model.device), past_key_values=one)
-        b = len(prompts)
+        b = len(prompts) if rows is None else rows
         for i, layer in enumerate(one.layers):
             k, v = layer.keys, layer.values
             cache.update(k.expand(b, *k.shape[1:]), v.expand(b, *v.shape[1:]), i)
@@ -342,33 +369,53 @@ class TransformersBackend:
     def decode(
         self, prompts: list[list[int]], params: SamplingParams, gen: torch.Generator | None = None
     ) -> Iterator[tuple[int, list[int]]]:
-        """Decode one batch of token-id prompts; yield (row, new token ids) as each row finishes.
+        """Decode one planned group of token-id prompts; yield (row, new token ids) as each row finishes.
 
-        The returned ids include the EOS token when the row stopped at one (it decodes to nothing with
-        skip_special_tokens). Rows are dropped from the batch and the KV cache as soon as they finish.
+        At most `batch_size` rows decode at once. The returned ids include the EOS token when the row
+        stopped at one (it decodes to nothing with skip_special_tokens). A row that finishes leaves the
+        batch at once and the next prompt of the group takes its place (`_decode`).
         """
-        if self.linear != "packed":
-            yield from self._decode(prompts, params, gen)
-            return
-        with packed_linears(self.model, len(prompts)):
-            yield from self._decode(prompts, params, gen)
+        order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # longest first: see _admit
+        queue = deque(order)
+        while queue:  # one pass, unless the cache cannot take new rows (then one batch per pass)
+            first = [queue.popleft() for _ in range(min(self.batch_size, len(queue)))]
+            if self.linear != "packed":
+                yield from self._decode(prompts, first, queue, params, gen)
+                continue
+            with packed_linears(self.model, len(first)):
+                yield from self._decode(prompts, first, queue, params, gen)
 
     @torch.inference_mode()
     def _decode(
-        self, prompts: list[list[int]], params: SamplingParams, gen: torch.Generator | None
+        self,
+        prompts: list[list[int]],
+        first: list[int],
+        queue: deque[int],
+        params: SamplingParams,
+        gen: torch.Generator | None,
     ) -> Iterator[tuple[int, list[int]]]:
+        """Decode `first` (indices into `prompts`) as one batch; while `queue` holds prompts, each row that
+        finishes is replaced by the next one (continuous batching), so the batch stays full until the
+        queue runs dry. Finished rows with nobody to replace them leave the batch and the KV cache.
+
+        Why: a decode step reads every weight once whatever the row count, so a step with few live rows
+        costs nearly what a full one does. Without refilling, every batch ends in a tail of such steps
+        while its longest answers finish; after TBR training most answers are short refusals, and that
+        tail is most of a batch (benchmarks/README.md, issue 14)."""
         from transformers import DynamicCache
 
         dev = self.model.device
-        width = max(len(p) for p in prompts)
+        group = [prompts[i] for i in first] + [prompts[i] for i in queue]
+        width = max(len(prompts[i]) for i in first)  # the longest prompt of the group: decode() sorted it
         # Allocated once for the whole answer: DynamicCache would copy itself every step (tbr.generate.kv).
         if self.kv_cache == "dynamic":
             cache = DynamicCache(config=self.model.config)
         else:
-            cache = preallocated_cache(self.model.config, width + params.max_new_tokens)
+            cache = preallocated_cache(self.model.config, width + params.max_new_tokens + 1)
         # The chat template's system turn is the same in every prompt: prefill it once.
-        shared = self._prefill_shared(prompts, cache) if self.prefix_sharing else 0
-        rest = [p[shared:] for p in prompts]
+        shared = self._prefill_shared(group, cache, len(first)) if self.prefix_sharing else 0
+        refill = all(type(x) is PreallocatedLayer for x in cache.layers)
+        rest = [prompts[i][shared:] for i in first]
         width = max(len(p) for p in rest)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in rest], device=dev)
@@ -376,12 +423,34 @@ class TransformersBackend:
         # Same positions as model.generate: count real tokens only, so left padding changes nothing.
         pos = shared + (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         mask = torch.cat([mask.new_ones(len(rest), shared), mask], dim=1)  # [prefix][padding][rest]
-        eos = torch.tensor(self.eos_ids, device=dev)
-        rows = list(range(len(prompts)))  # batch position -> caller's row
-        new: list[list[int]] = [[] for _ in prompts]
+        eos = self.eos_ids
+        rows: list[int] = list(first)  # batch position -> caller's row
+        new: dict[int, list[int]] = {i: [] for i in first}
         warp = _warpers(params)
         # A stop string of n characters spans at most n tokens (plus a partial one on each side).
         window = max((len(s) for s in params.stop), default=0) + 2
+
+        def pick(logits: torch.Tensor) -> torch.Tensor:
+            if warp is None:
+                # max().indices is argmax (first maximum on ties) and 5x faster on a bf16 CPU tensor
+                return logits.max(-1).indices
+            probs = torch.softmax(warp(None, logits.float()), dim=-1)
+            return torch.multinomial(probs, 1, generator=gen).squeeze(1)
+
+        def settle(at: list[int], toks: list[int]) -> list[int]:
+            """Append each row's new token; return the batch positions whose row is finished."""
+            out = []
+            for b, tok in zip(at, toks, strict=True):
+                got = new[rows[b]]
+                got.append(tok)
+                stop = tok in eos or len(got) >= params.max_new_tokens
+                if not stop and params.stop:  # stop strings may span tokens: look at the decoded tail
+                    tail = self.tokenizer.decode(got[-window:], skip_special_tokens=True)
+                    stop = any(s and s in tail for s in params.stop)
+                if stop:
+                    out.append(b)
+            return out
+
         logits = self.model(
             input_ids=input_ids,
             attention_mask=mask,
@@ -390,33 +459,37 @@ class TransformersBackend:
             logits_to_keep=1,
         ).logits[:, -1, :]
         last_pos = pos[:, -1]
-        for step in range(params.max_new_tokens):
-            if warp is None:
-                # max().indices is argmax (first maximum on ties) and 5x faster on a bf16 CPU tensor
-                nxt = logits.max(-1).indices
-            else:
-                probs = torch.softmax(warp(None, logits.float()), dim=-1)
-                nxt = torch.multinomial(probs, 1, generator=gen).squeeze(1)
-            done = torch.isin(nxt, eos)
-            for b, tok in enumerate(nxt.tolist()):
-                new[rows[b]].append(tok)
-            if params.stop:  # stop strings may span tokens, so look at the decoded tail of each row
-                for b in range(len(rows)):
-                    tail = self.tokenizer.decode(new[rows[b]][-window:], skip_special_tokens=True)
-                    if any(s and s in tail for s in params.stop):
-                        done[b] = True
-            if step == params.max_new_tokens - 1:
-                done[:] = True
-            if done.any():
-                for b in done.nonzero().flatten().tolist():
-                    yield rows[b], new[rows[b]]
-                keep = (~done).nonzero().flatten()
+        while True:
+            nxt = pick(logits)
+            done = settle(list(range(len(rows))), nxt.tolist())
+            free: list[int] = []
+            while done:
+                for b in done:
+                    yield rows[b], new.pop(rows[b])
+                if not (refill and queue):
+                    free += done
+                    break
+                # The next prompts take the finished rows' places; a new row can finish at once.
+                at = done[: len(queue)]
+                free += done[len(at) :]
+                take = [queue.popleft() for _ in at]
+                first_logits = self._admit(cache, mask, last_pos, shared, at, [prompts[i] for i in take])
+                for b, i in zip(at, take, strict=True):
+                    rows[b], new[i] = i, []
+                toks = pick(first_logits)
+                nxt[at] = toks
+                done = settle(at, toks.tolist())
+            if free:
+                gone = set(free)
+                keep = torch.tensor([b for b in range(len(rows)) if b not in gone], device=dev)
                 if len(keep) == 0:
                     return
                 # Drop finished rows: the next steps cost only what the live rows need.
                 cache.reorder_cache(keep)
                 rows = [rows[b] for b in keep.tolist()]
                 nxt, mask, last_pos = nxt[keep], mask[keep], last_pos[keep]
+            if refill:
+                mask = _compact(cache, mask, shared)
             mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
             last_pos = last_pos + 1
             logits = self.model(
@@ -425,6 +498,67 @@ class TransformersBackend:
                 position_ids=last_pos[:, None],
                 past_key_values=cache,
             ).logits[:, -1, :]
+
+    def _admit(
+        self,
+        cache: Any,
+        mask: torch.Tensor,
+        last_pos: torch.Tensor,
+        shared: int,
+        at: list[int],
+        prompts: list[list[int]],
+    ) -> torch.Tensor:
+        """Put `prompts` into batch rows `at` of a running batch; return their next-token logits.
+
+        They are prefilled as a small batch of their own on the shared prefix's KV, and their KV is then
+        copied into the rows so that each prompt's last token sits at the batch's newest position:
+        [prefix][masked gap][prompt], the layout of a left-padded row, so its next token joins the
+        batch's step at once. That needs each prompt to fit before that position, which decode()'s
+        longest-first order guarantees. `mask` and `last_pos` are updated in place."""
+        dev = self.model.device
+        length = mask.shape[1]  # positions filled in every row
+        rest = [p[shared:] for p in prompts]
+        width = max(len(p) for p in rest)
+        if shared + width > length:  # decode() orders prompts so this cannot happen
+            raise AssertionError(f"a prompt of {width} tokens after the prefix does not fit in {length}")
+        sub = preallocated_cache(self.model.config, shared + width)
+        if shared:
+            for i, layer in enumerate(cache.layers):
+                k, v = layer.keys[:1, :, :shared], layer.values[:1, :, :shared]  # every row's prefix
+                sub.update(k.expand(len(rest), *k.shape[1:]), v.expand(len(rest), *v.shape[1:]), i)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in rest], device=dev)
+        m = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rest], device=dev)
+        pos = shared + (m.cumsum(-1) - 1).masked_fill(m == 0, 0)
+        m = torch.cat([m.new_ones(len(rest), shared), m], dim=1)
+        logits = self.model(
+            input_ids=ids, attention_mask=m, position_ids=pos, past_key_values=sub, logits_to_keep=1
+        ).logits[:, -1, :]
+        for b, (j, p) in zip(at, enumerate(rest), strict=True):
+            n = len(p)
+            for big, small in zip(cache.layers, sub.layers, strict=True):
+                kv = small.keys[j, :, shared + width - n :], small.values[j, :, shared + width - n :]
+                big.write_row(b, length - n, *kv)
+            mask[b] = 0
+            mask[b, :shared] = 1
+            mask[b, length - n :] = 1
+            last_pos[b] = shared + n - 1
+        return logits
+
+
+def _compact(cache: Any, mask: torch.Tensor, shared: int) -> torch.Tensor:
+    """Drop the KV positions that every live row masks (between the prefix and the oldest row's prompt).
+
+    Refilled rows start ever later, so without this the cache, and the attention over it, would grow
+    by one position every step. Dropping masked positions changes no row's attention, only the
+    positions it skips; it runs when it frees at least a quarter of the cache (each run copies it)."""
+    live = mask[:, shared:]
+    gap = int(live.argmax(-1).min())  # first unmasked position after the prefix, in the oldest row
+    if gap < max(16, mask.shape[1] // 4):
+        return mask
+    for layer in cache.layers:
+        layer.drop(shared, shared + gap)
+    return torch.cat([mask[:, :shared], live[:, gap:]], dim=1)
 
 
 def _warpers(params: SamplingParams) -> Any:

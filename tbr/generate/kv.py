@@ -53,6 +53,24 @@ class PreallocatedLayer(DynamicLayer):
     def get_seq_length(self) -> int:
         return self.length
 
+    def write_row(self, row: int, at: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Overwrite one row's positions [at, at + n) with (heads, n, dim) keys and values: a new prompt
+        taking a finished row's place (tbr.generate.hf, continuous batching)."""
+        assert self._k is not None and self._v is not None
+        n = keys.shape[-2]
+        self._k[row, :, at : at + n] = keys
+        self._v[row, :, at : at + n] = values
+
+    def drop(self, start: int, end: int) -> None:
+        """Remove positions [start, end) from every row, moving the later ones down (masked positions
+        that no live row reads any more)."""
+        assert self._k is not None and self._v is not None
+        n = self.length - end
+        self._k[:, :, start : start + n] = self._k[:, :, end : self.length].clone()
+        self._v[:, :, start : start + n] = self._v[:, :, end : self.length].clone()
+        self.length -= end - start
+        self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
+
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         # Keep only these rows (finished rows leave the batch). One copy, not one per step.
         if self._k is not None and self._v is not None:

@@ -70,6 +70,68 @@ def test_decode_loop_equals_model_generate(backend):
         assert got[row] == want[:n]
 
 
+def test_refilled_rows_equal_model_generate(backend, monkeypatch):
+    """More prompts than rows: a finished row takes the next prompt (continuous batching) and masked
+    positions are dropped from the cache as rows turn over. In fp32 every greedy token must still be
+    model.generate's, prompt by prompt."""
+    from tbr.generate.hf import encode_chat
+    from tbr.generate.kv import PreallocatedLayer
+
+    prompts = PROMPTS + [
+        "Name a colour.",
+        "What is 2+2? Reply with the number only.",
+        "Say yes.",
+        "Translate 'good morning' into French.",
+        "Tell me a joke about computers.",
+    ]
+    tok, model = backend.tokenizer, backend.model
+    want = []
+    for p in prompts:
+        enc = tok(backend.render(chat(p), "chat"), return_tensors="pt", add_special_tokens=False)
+        with torch.inference_mode():
+            out = model.generate(
+                **enc,
+                max_new_tokens=40,
+                do_sample=False,
+                eos_token_id=backend.eos_ids,
+                pad_token_id=tok.pad_token_id,
+            )
+        new = out[0, enc["input_ids"].shape[1] :].tolist()
+        want.append(new[: next((i + 1 for i, t in enumerate(new) if t in backend.eos_ids), len(new))])
+    assert len({len(w) for w in want}) > 3  # answers end at different steps, so rows turn over
+    drops = []
+    real_drop = PreallocatedLayer.drop
+    monkeypatch.setattr(
+        PreallocatedLayer, "drop", lambda self, a, b: (drops.append(b - a), real_drop(self, a, b))
+    )
+    backend.batch_size = 3
+    try:
+        got = dict(
+            backend.decode([encode_chat(tok, chat(p)) for p in prompts], SamplingParams(max_new_tokens=40))
+        )
+    finally:
+        backend.batch_size = 4
+    assert [got[i] for i in range(len(prompts))] == want
+    assert drops  # the cache was compacted at least once
+
+
+def test_refill_groups_and_identity(backend):
+    from tbr.errors import ConfigError
+    from tbr.generate.hf import TransformersBackend
+
+    convs = [chat(f"Question {i}?") for i in range(10)]
+    assert [len(g) for g in backend.plan(convs, "chat")] == [10]  # 4 rows x refill 4: one group
+    backend.refill = 1
+    try:
+        assert [len(g) for g in backend.plan(convs, "chat")] == [4, 4, 2]
+        assert "refill" not in backend.identity()
+    finally:
+        backend.refill = 4
+    assert backend.identity()["refill"] == 4  # which prompts decode together is part of an answer's key
+    with pytest.raises(ConfigError, match="refill"):
+        TransformersBackend("no-such-model", refill=0)  # checked before any model loads
+
+
 def test_stop_string_cuts_and_stops_early(backend):
     conv = [{"role": "user", "content": "1, 2, 3, 4, 5,"}]
     full = backend.generate([conv], SamplingParams(max_new_tokens=24), fmt="raw")[0]
