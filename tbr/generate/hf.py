@@ -466,7 +466,9 @@ class TransformersBackend:
             while done:
                 for b in done:
                     yield rows[b], new.pop(rows[b])
-                if not (refill and queue):
+                # The queue is longest first, so if its head fits before the newest position, all do
+                # (it always does: every live row's prompt was at least as long); else a new pass.
+                if not (refill and queue and len(prompts[queue[0]]) <= mask.shape[1]):
                     free += done
                     break
                 # The next prompts take the finished rows' places; a new row can finish at once.
@@ -519,8 +521,6 @@ class TransformersBackend:
         length = mask.shape[1]  # positions filled in every row
         rest = [p[shared:] for p in prompts]
         width = max(len(p) for p in rest)
-        if shared + width > length:  # decode() orders prompts so this cannot happen
-            raise AssertionError(f"a prompt of {width} tokens after the prefix does not fit in {length}")
         sub = preallocated_cache(self.model.config, shared + width)
         if shared:
             for i, layer in enumerate(cache.layers):

@@ -58,6 +58,7 @@ def test_batched_equals_one_at_a_time(backend):
 def test_prefill_in_chunks_keeps_every_rows_logits():
     # 4 prompts of 30-60 tokens in chunks of 16: most rows' last prompt token is in an earlier chunk
     # than the final one, and each llama_decode call overwrites the logits of the one before.
+    require_module("llama_cpp", "pip install 'tbr[server]'")
     from tbr.generate.llamacpp import LlamaCppBackend
 
     small = LlamaCppBackend(DEFAULT_MODEL, qtype="f32", batch_size=4, threads=1, n_batch=16, progress=False)
