@@ -73,6 +73,10 @@ from tbr.models import ModelRef, eos_token_ids, load
 
 # A shorter common prefix is not worth its extra forward pass (TransformersBackend._prefill_shared).
 MIN_SHARED_PREFIX = 8
+# Continuous batching (TransformersBackend._decode): new prompts join once this share of the batch has
+# finished, and masked KV positions are dropped once they are this share of the cache.
+ADMIT_SHARE = 1 / 8
+COMPACT_SHARE = 1 / 8
 # Stands in for each message's content while the template renders; no template or text contains it.
 _SLOT = "\x00tbr-slot-{}\x00"
 
@@ -459,39 +463,46 @@ class TransformersBackend:
             logits_to_keep=1,
         ).logits[:, -1, :]
         last_pos = pos[:, -1]
+        # Finished rows wait in the batch (decoding padding) until ADMIT_SHARE of it has finished: each
+        # admission is a forward pass of its own, about a decode step's cost whatever its size.
+        admit_at = max(1, int(len(rows) * ADMIT_SHARE))
+        dead: set[int] = set()  # batch positions whose row has finished and not been replaced
         while True:
             nxt = pick(logits)
-            done = settle(list(range(len(rows))), nxt.tolist())
-            free: list[int] = []
+            live = [b for b in range(len(rows)) if b not in dead]
+            done = settle(live, nxt[live].tolist())
             while done:
                 for b in done:
                     yield rows[b], new.pop(rows[b])
+                dead.update(done)
                 # The queue is longest first, so if its head fits before the newest position, all do
                 # (it always does: every live row's prompt was at least as long); else a new pass.
                 if not (refill and queue and len(prompts[queue[0]]) <= mask.shape[1]):
-                    free += done
+                    break
+                if len(dead) < min(admit_at, len(queue)) and len(dead) < len(rows):
                     break
                 # The next prompts take the finished rows' places; a new row can finish at once.
-                at = done[: len(queue)]
-                free += done[len(at) :]
+                at = sorted(dead)[: len(queue)]
                 take = [queue.popleft() for _ in at]
                 first_logits = self._admit(cache, mask, last_pos, shared, at, [prompts[i] for i in take])
                 for b, i in zip(at, take, strict=True):
                     rows[b], new[i] = i, []
+                dead.difference_update(at)
                 toks = pick(first_logits)
                 nxt[at] = toks
                 done = settle(at, toks.tolist())
-            if free:
-                gone = set(free)
-                keep = torch.tensor([b for b in range(len(rows)) if b not in gone], device=dev)
+            if dead and not (refill and queue and len(prompts[queue[0]]) <= mask.shape[1]):
+                keep = torch.tensor([b for b in range(len(rows)) if b not in dead], device=dev)
                 if len(keep) == 0:
                     return
-                # Drop finished rows: the next steps cost only what the live rows need.
+                # Nobody left to take their places: drop finished rows, the next steps cost only what
+                # the live rows need.
                 cache.reorder_cache(keep)
                 rows = [rows[b] for b in keep.tolist()]
                 nxt, mask, last_pos = nxt[keep], mask[keep], last_pos[keep]
+                dead = set()
             if refill:
-                mask = _compact(cache, mask, shared)
+                mask = _compact(cache, mask, shared, [b for b in range(len(rows)) if b not in dead])
             mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
             last_pos = last_pos + 1
             logits = self.model(
@@ -546,19 +557,22 @@ class TransformersBackend:
         return logits
 
 
-def _compact(cache: Any, mask: torch.Tensor, shared: int) -> torch.Tensor:
+def _compact(cache: Any, mask: torch.Tensor, shared: int, live: list[int]) -> torch.Tensor:
     """Drop the KV positions that every live row masks (between the prefix and the oldest row's prompt).
 
     Refilled rows start ever later, so without this the cache, and the attention over it, would grow
-    by one position every step. Dropping masked positions changes no row's attention, only the
-    positions it skips; it runs when it frees at least a quarter of the cache (each run copies it)."""
-    live = mask[:, shared:]
-    gap = int(live.argmax(-1).min())  # first unmasked position after the prefix, in the oldest row
-    if gap < max(16, mask.shape[1] // 4):
+    by one position every step. Dropping masked positions changes no live row's attention, only the
+    positions it skips (a finished row waiting for a new prompt is rewritten when it gets one); it
+    runs when it frees at least COMPACT_SHARE of the cache, since each run copies it."""
+    rest = mask[:, shared:]
+    if not live:
+        return mask
+    gap = int(rest[live].argmax(-1).min())  # first unmasked position after the prefix, oldest live row
+    if gap < max(8, int(mask.shape[1] * COMPACT_SHARE)):
         return mask
     for layer in cache.layers:
         layer.drop(shared, shared + gap)
-    return torch.cat([mask[:, :shared], live[:, gap:]], dim=1)
+    return torch.cat([mask[:, :shared], rest[:, gap:]], dim=1)
 
 
 def _warpers(params: SamplingParams) -> Any:

@@ -71,9 +71,10 @@ def test_decode_loop_equals_model_generate(backend):
 
 
 def test_refilled_rows_equal_model_generate(backend, monkeypatch):
-    """More prompts than rows: a finished row takes the next prompt (continuous batching) and masked
-    positions are dropped from the cache as rows turn over. In fp32 every greedy token must still be
-    model.generate's, prompt by prompt."""
+    """More prompts than rows: a finished row waits until half the batch has finished, then the next
+    prompts take their places (continuous batching), and masked positions are dropped from the cache
+    as rows turn over. In fp32 every greedy token must still be model.generate's, prompt by prompt."""
+    from tbr.generate import hf
     from tbr.generate.hf import encode_chat
     from tbr.generate.kv import PreallocatedLayer
 
@@ -104,14 +105,18 @@ def test_refilled_rows_equal_model_generate(backend, monkeypatch):
     monkeypatch.setattr(
         PreallocatedLayer, "drop", lambda self, a, b: (drops.append(b - a), real_drop(self, a, b))
     )
-    backend.batch_size = 3
-    try:
-        got = dict(
-            backend.decode([encode_chat(tok, chat(p)) for p in prompts], SamplingParams(max_new_tokens=40))
-        )
-    finally:
-        backend.batch_size = 4
+    admitted = []
+    real_admit = hf.TransformersBackend._admit
+    monkeypatch.setattr(
+        hf.TransformersBackend,
+        "_admit",
+        lambda self, *a: (admitted.append(len(a[4])), real_admit(self, *a))[1],
+    )
+    monkeypatch.setattr(hf, "ADMIT_SHARE", 0.5)  # the fixture's 4 rows: new prompts join two at a time
+    ids = [encode_chat(tok, chat(p)) for p in prompts]
+    got = dict(backend.decode(ids, SamplingParams(max_new_tokens=40)))
     assert [got[i] for i in range(len(prompts))] == want
+    assert sum(admitted) == len(prompts) - 4 and max(admitted) >= 2  # in bulk, as rows finished
     assert drops  # the cache was compacted at least once
 
 
