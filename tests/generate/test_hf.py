@@ -48,26 +48,37 @@ def test_batched_equals_one_at_a_time(backend):
     assert all(batched) and len(set(batched)) == len(PROMPTS)
 
 
+def reference(backend, prompts: list[str], max_new_tokens: int, batched: bool) -> list[list[int]]:
+    """model.generate's greedy new tokens for each chat prompt, up to and with the first EOS (generate
+    pads a finished row after it; tbr's loop stops the row there). Left-padded as one batch, or one
+    prompt at a time."""
+    tok = backend.tokenizer
+    texts = [backend.render(chat(p), "chat") for p in prompts]
+    out = []
+    for group in [texts] if batched else [[t] for t in texts]:
+        enc = tok(group, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.inference_mode():
+            ref = backend.model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=backend.eos_ids,
+                pad_token_id=tok.pad_token_id,
+            )
+        for new in ref[:, enc["input_ids"].shape[1] :].tolist():
+            out.append(new[: next((i + 1 for i, t in enumerate(new) if t in backend.eos_ids), len(new))])
+    return out
+
+
 def test_decode_loop_equals_model_generate(backend):
     """Our loop drops finished rows mid-batch; greedy tokens must still be exactly model.generate's."""
-    tok, model = backend.tokenizer, backend.model
-    texts = [backend.render(chat(p), "chat") for p in PROMPTS]
-    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    with torch.inference_mode():
-        ref = model.generate(
-            **enc,
-            max_new_tokens=24,
-            do_sample=False,
-            eos_token_id=backend.eos_ids,
-            pad_token_id=tok.pad_token_id,
-        )
-    ref_new = ref[:, enc["input_ids"].shape[1] :].tolist()
-    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    want = reference(backend, PROMPTS, 24, batched=True)
+    ids = [
+        backend.tokenizer(backend.render(chat(p), "chat"), add_special_tokens=False)["input_ids"]
+        for p in PROMPTS
+    ]
     got = dict(backend.decode(ids, SamplingParams(max_new_tokens=24)))
-    for row, want in enumerate(ref_new):
-        # generate pads finished rows after EOS; our loop stops the row there
-        n = next((i + 1 for i, t in enumerate(want) if t in backend.eos_ids), len(want))
-        assert got[row] == want[:n]
+    assert [got[i] for i in range(len(PROMPTS))] == want
 
 
 def test_refilled_rows_equal_model_generate(backend, monkeypatch):
@@ -85,20 +96,7 @@ def test_refilled_rows_equal_model_generate(backend, monkeypatch):
         "Translate 'good morning' into French.",
         "Tell me a joke about computers.",
     ]
-    tok, model = backend.tokenizer, backend.model
-    want = []
-    for p in prompts:
-        enc = tok(backend.render(chat(p), "chat"), return_tensors="pt", add_special_tokens=False)
-        with torch.inference_mode():
-            out = model.generate(
-                **enc,
-                max_new_tokens=40,
-                do_sample=False,
-                eos_token_id=backend.eos_ids,
-                pad_token_id=tok.pad_token_id,
-            )
-        new = out[0, enc["input_ids"].shape[1] :].tolist()
-        want.append(new[: next((i + 1 for i, t in enumerate(new) if t in backend.eos_ids), len(new))])
+    want = reference(backend, prompts, 40, batched=False)
     assert len({len(w) for w in want}) > 3  # answers end at different steps, so rows turn over
     drops = []
     real_drop = PreallocatedLayer.drop
@@ -113,7 +111,7 @@ def test_refilled_rows_equal_model_generate(backend, monkeypatch):
         lambda self, *a: (admitted.append(len(a[4])), real_admit(self, *a))[1],
     )
     monkeypatch.setattr(hf, "ADMIT_SHARE", 0.5)  # the fixture's 4 rows: new prompts join two at a time
-    ids = [encode_chat(tok, chat(p)) for p in prompts]
+    ids = [encode_chat(backend.tokenizer, chat(p)) for p in prompts]
     got = dict(backend.decode(ids, SamplingParams(max_new_tokens=40)))
     assert [got[i] for i in range(len(prompts))] == want
     assert sum(admitted) == len(prompts) - 4 and max(admitted) >= 2  # in bulk, as rows finished
