@@ -13,8 +13,9 @@ Where the time goes on a CPU (measured in benchmarks/README.md, "Generation"), a
     are identical to `model.generate` at the same dtype (benchmark and tests);
   * continuous batching: a dropped row would leave the batch smaller, and a step with few rows costs
     nearly what a full one does (the weights are read either way). So a planned group holds `refill`
-    batches' worth of prompts, and the next prompt of the group takes a finished row's place at once
-    (_decode, _admit). After TBR training most answers are short refusals, and a batch otherwise
+    batches' worth of prompts, and its next prompts take finished rows' places once an eighth of the
+    batch has finished (_decode, _admit; one at a time, each join's own forward pass cost more than it
+    saved). After TBR training most answers are short refusals, and a batch otherwise
     spends most of its steps draining: a trained Qwen2.5-0.5B on 64 XSTest prompts ran 1.40x faster
     (docs/results.md, "Generation speed"). fp32 answers stay model.generate's (tests);
   * padding: prompts are sorted by length, so a batch of neighbours pads little (left padding, so new
@@ -376,8 +377,8 @@ class TransformersBackend:
         """Decode one planned group of token-id prompts; yield (row, new token ids) as each row finishes.
 
         At most `batch_size` rows decode at once. The returned ids include the EOS token when the row
-        stopped at one (it decodes to nothing with skip_special_tokens). A row that finishes leaves the
-        batch at once and the next prompt of the group takes its place (`_decode`).
+        stopped at one (it decodes to nothing with skip_special_tokens). Finished rows are replaced by the
+        group's next prompts, an eighth of the batch at a time (`_decode`).
         """
         order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # longest first: see _admit
         queue = deque(order)
@@ -398,9 +399,9 @@ class TransformersBackend:
         params: SamplingParams,
         gen: torch.Generator | None,
     ) -> Iterator[tuple[int, list[int]]]:
-        """Decode `first` (indices into `prompts`) as one batch; while `queue` holds prompts, each row that
-        finishes is replaced by the next one (continuous batching), so the batch stays full until the
-        queue runs dry. Finished rows with nobody to replace them leave the batch and the KV cache.
+        """Decode `first` (indices into `prompts`) as one batch; while `queue` holds prompts, rows that
+        finish are replaced by the next ones, ADMIT_SHARE of the batch at a time (continuous batching),
+        so the batch stays nearly full until the queue runs dry. Finished rows with nobody to replace them leave the batch and the KV cache.
 
         Why: a decode step reads every weight once whatever the row count, so a step with few live rows
         costs nearly what a full one does. Without refilling, every batch ends in a tail of such steps
