@@ -49,8 +49,8 @@ class BackendConfig:
     )
     refill: int = opt(
         4,
-        "transformers backend: batches' worth of prompts per decode group; a row that finishes is "
-        "replaced by the group's next prompt (continuous batching). 1 = off",
+        "transformers backend: batches' worth of prompts per decode group; finished rows are "
+        "replaced by the group's next prompts (continuous batching). 1 = off",
     )
     api_base: str | None = opt(None, "OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
     api_model: str | None = opt(None, "model name at the endpoint (default: --model)")
