@@ -401,7 +401,8 @@ class TransformersBackend:
     ) -> Iterator[tuple[int, list[int]]]:
         """Decode `first` (indices into `prompts`) as one batch; while `queue` holds prompts, rows that
         finish are replaced by the next ones, ADMIT_SHARE of the batch at a time (continuous batching),
-        so the batch stays nearly full until the queue runs dry. Finished rows with nobody to replace them leave the batch and the KV cache.
+        so the batch stays nearly full until the queue runs dry. Finished rows with nobody to replace
+        them leave the batch and the KV cache.
 
         Why: a decode step reads every weight once whatever the row count, so a step with few live rows
         costs nearly what a full one does. Without refilling, every batch ends in a tail of such steps
@@ -420,14 +421,9 @@ class TransformersBackend:
         # The chat template's system turn is the same in every prompt: prefill it once.
         shared = self._prefill_shared(group, cache, len(first)) if self.prefix_sharing else 0
         refill = all(type(x) is PreallocatedLayer for x in cache.layers)
-        rest = [prompts[i][shared:] for i in first]
-        width = max(len(p) for p in rest)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in rest], device=dev)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rest], device=dev)
-        # Same positions as model.generate: count real tokens only, so left padding changes nothing.
-        pos = shared + (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        mask = torch.cat([mask.new_ones(len(rest), shared), mask], dim=1)  # [prefix][padding][rest]
+        input_ids, mask, pos = _left_padded(
+            [prompts[i] for i in first], shared, self.tokenizer.pad_token_id, dev
+        )
         eos = self.eos_ids
         rows: list[int] = list(first)  # batch position -> caller's row
         new: dict[int, list[int]] = {i: [] for i in first}
@@ -468,6 +464,12 @@ class TransformersBackend:
         # admission is a forward pass of its own, about a decode step's cost whatever its size.
         admit_at = max(1, int(len(rows) * ADMIT_SHARE))
         dead: set[int] = set()  # batch positions whose row has finished and not been replaced
+
+        def can_refill() -> bool:
+            # The queue is longest first, so if its head fits before the newest position, all do (it
+            # always does: every live row's prompt was at least as long); else the next pass takes it.
+            return refill and bool(queue) and len(prompts[queue[0]]) <= mask.shape[1]
+
         while True:
             nxt = pick(logits)
             live = [b for b in range(len(rows)) if b not in dead]
@@ -476,11 +478,7 @@ class TransformersBackend:
                 for b in done:
                     yield rows[b], new.pop(rows[b])
                 dead.update(done)
-                # The queue is longest first, so if its head fits before the newest position, all do
-                # (it always does: every live row's prompt was at least as long); else a new pass.
-                if not (refill and queue and len(prompts[queue[0]]) <= mask.shape[1]):
-                    break
-                if len(dead) < min(admit_at, len(queue)) and len(dead) < len(rows):
+                if not can_refill() or len(dead) < min(admit_at, len(queue), len(rows)):
                     break
                 # The next prompts take the finished rows' places; a new row can finish at once.
                 at = sorted(dead)[: len(queue)]
@@ -492,7 +490,7 @@ class TransformersBackend:
                 toks = pick(first_logits)
                 nxt[at] = toks
                 done = settle(at, toks.tolist())
-            if dead and not (refill and queue and len(prompts[queue[0]]) <= mask.shape[1]):
+            if dead and not can_refill():
                 keep = torch.tensor([b for b in range(len(rows)) if b not in dead], device=dev)
                 if len(keep) == 0:
                     return
@@ -529,7 +527,6 @@ class TransformersBackend:
         [prefix][masked gap][prompt], the layout of a left-padded row, so its next token joins the
         batch's step at once. That needs each prompt to fit before that position, which decode()'s
         longest-first order guarantees. `mask` and `last_pos` are updated in place."""
-        dev = self.model.device
         length = mask.shape[1]  # positions filled in every row
         rest = [p[shared:] for p in prompts]
         width = max(len(p) for p in rest)
@@ -538,11 +535,7 @@ class TransformersBackend:
             for i, layer in enumerate(cache.layers):
                 k, v = layer.keys[:1, :, :shared], layer.values[:1, :, :shared]  # every row's prefix
                 sub.update(k.expand(len(rest), *k.shape[1:]), v.expand(len(rest), *v.shape[1:]), i)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in rest], device=dev)
-        m = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rest], device=dev)
-        pos = shared + (m.cumsum(-1) - 1).masked_fill(m == 0, 0)
-        m = torch.cat([m.new_ones(len(rest), shared), m], dim=1)
+        ids, m, pos = _left_padded(prompts, shared, self.tokenizer.pad_token_id, self.model.device)
         logits = self.model(
             input_ids=ids, attention_mask=m, position_ids=pos, past_key_values=sub, logits_to_keep=1
         ).logits[:, -1, :]
@@ -556,6 +549,20 @@ class TransformersBackend:
             mask[b, length - n :] = 1
             last_pos[b] = shared + n - 1
         return logits
+
+
+def _left_padded(
+    prompts: list[list[int]], shared: int, pad: int, dev: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Input ids, attention mask and positions for the prompts' tokens after a `shared`-token prefix that
+    is already in the cache: left-padded to the longest, the mask covering [prefix][padding][rest]."""
+    rest = [p[shared:] for p in prompts]
+    width = max(len(p) for p in rest)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in rest], device=dev)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rest], device=dev)
+    # Same positions as model.generate: count real tokens only, so left padding changes nothing.
+    pos = shared + (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    return ids, torch.cat([mask.new_ones(len(rest), shared), mask], dim=1), pos
 
 
 def _compact(cache: Any, mask: torch.Tensor, shared: int, live: list[int]) -> torch.Tensor:
