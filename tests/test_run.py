@@ -279,6 +279,11 @@ def test_shipped_experiments_parse_and_plan(name):
         ends = ("internal", "external", "wo-g0.0", "internal-g1", "external-g1")
         mine = {s.dirname for s in stages if s.kind in ("reflect", "build", "train") and s.label in ends}
         assert len(mine) >= 5 and mine <= local
+    if name == "gamma-sweep-qwen":
+        # only gamma = 0.5 is new: every other stage has seeds-qwen-quick's key and is copied (`reuse`)
+        quick = {s.dirname for s in plan(load_experiment(CONFIGS / "seeds-qwen-quick.yaml"))}
+        new = {s.dirname for s in stages} - quick
+        assert len(new) == 12 and all("-g0.5" in d for d in new)  # build, train, eval, general × 3 seeds
     if name == "paper":
         assert formats == ["prose"] and exp.report["judges"] == {"safe": "keyword", "unsafe": "guard"}
         assert {"or-bench-hard", "or-bench-toxic"} <= set(exp.eval["suites"])
