@@ -14,8 +14,8 @@ Where the time goes on a CPU (measured in benchmarks/README.md, "Generation"), a
   * continuous batching: a dropped row would leave the batch smaller, and a step with few rows costs
     nearly what a full one does (the weights are read either way). So a planned group holds `refill`
     batches' worth of prompts, and its next prompts take finished rows' places once an eighth of the
-    batch has finished (_decode, _admit; one at a time, each join's own forward pass cost more than it
-    saved). After TBR training most answers are short refusals, and a batch otherwise
+    batch has finished (_decode, _admit; joining them one at a time cost a forward pass per join, more
+    than it saved). After TBR training most answers are short refusals, and a batch otherwise
     spends most of its steps draining: a trained Qwen2.5-0.5B on 64 XSTest prompts ran 1.40x faster
     (docs/results.md, "Generation speed"). fp32 answers stay model.generate's (tests);
   * padding: prompts are sorted by length, so a batch of neighbours pads little (left padding, so new
