@@ -999,8 +999,44 @@ def _built_safety_n(build_dir: Path) -> int | None:
     return n if isinstance(n, int) else None
 
 
+# Sections that a file with `extends:` merges key by key into its parent's; every other top-level
+# key it gives replaces the parent's value whole (a list such as gammas, or `general: null`).
+SECTIONS = ("external", "reflect", "build", "train", "eval", "general", "report", "contrast")
+# What makes an experiment itself: never inherited, so a child cannot write into its parent's run
+# directory by forgetting `out`.
+OWN_KEYS = ("name", "description", "out")
+
+
+def experiment_values(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The experiment file's mapping with `extends: PARENT.yaml` resolved (the parent's path is relative
+    to the file's own folder; chains are fine, cycles are an error).
+
+    A variant of an experiment (the same arms on another suite, one more γ) is then the few keys that
+    differ, so its reflect, build and train stages keep the parent's keys by construction and `reuse`
+    copies them, rather than by a copied file that has to be kept equal by hand."""
+    path = Path(path)
+    values = load_yaml(path)
+    parent = values.pop("extends", None)
+    if parent is None:
+        return values
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(f"{path}: extends must name one experiment file, relative to {path.name}'s folder")
+    if not values.get("name"):
+        raise ConfigError(f"{path}: a file with extends needs its own name (and so its own run directory)")
+    ppath = path.parent / parent
+    if ppath.resolve() in (*_seen, path.resolve()):
+        raise ConfigError(f"{path}: extends {parent} comes back to a file already in its chain")
+    merged = {
+        k: v for k, v in experiment_values(ppath, (*_seen, path.resolve())).items() if k not in OWN_KEYS
+    }
+    for k, v in values.items():
+        old = merged.get(k)
+        merged[k] = {**old, **v} if k in SECTIONS and isinstance(old, dict) and isinstance(v, dict) else v
+    return merged
+
+
 def load_experiment(path: str | Path) -> Experiment:
-    return build(Experiment, load_yaml(path), source=str(path))
+    return build(Experiment, experiment_values(path), source=str(path))
 
 
 def run(cfg: RunConfig) -> int:
