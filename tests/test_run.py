@@ -156,6 +156,55 @@ def test_bad_experiments_are_refused():
         build(Experiment, {"gamma": [0.5]})  # a typo for `gammas`
 
 
+def test_an_experiment_file_extends_another(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "name: base\nout: runs/base\ndescription: parent\ngammas: [0.0, 0.5, 1.0]\nseeds: [0, 1]\n"
+        "reflect: {n: 150, audit: drop}\neval: {suites: [xstest], batch_size: 32, suite_sample: {xstest: 50}}\n"
+        "general: {tasks: [arc_easy]}\n"
+    )
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "child.yaml").write_text(
+        "extends: ../base.yaml\nname: child\ngammas: [0.0, 1.0]\n"
+        "eval: {suites: [xstest, or-bench-hard], suite_sample: null}\ngeneral: null\n"
+    )
+    parent, child = load_experiment(tmp_path / "base.yaml"), load_experiment(tmp_path / "sub" / "child.yaml")
+    # a list replaces, a stage section merges key by key (null there goes back to the stage default,
+    # as if never set), null at the top level stays null
+    assert child.gammas == [0.0, 1.0] and child.seeds == [0, 1] and child.general is None
+    assert child.eval == {"suites": ["xstest", "or-bench-hard"], "batch_size": 32}
+    assert child.reflect == parent.reflect
+    # never inherited: the child is its own experiment with its own run directory
+    assert (child.name, child.out, child.description) == ("child", None, "")
+    # the arms both files train are the same stages, so `reuse` can copy them
+    made = {s.dirname for s in plan(child) if s.kind in ("reflect", "build", "train")}
+    assert made and made <= {s.dirname for s in plan(parent)}
+    # a grandchild: chains resolve in order
+    (tmp_path / "sub" / "grand.yaml").write_text("extends: child.yaml\nname: grand\nseeds: [0]\n")
+    grand = load_experiment(tmp_path / "sub" / "grand.yaml")
+    assert grand.seeds == [0] and grand.gammas == [0.0, 1.0] and grand.eval["batch_size"] == 32
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"a.yaml": "extends: a.yaml\nname: a\n"}, "already in its chain"),
+        (
+            {"a.yaml": "extends: b.yaml\nname: a\n", "b.yaml": "extends: a.yaml\nname: b\n"},
+            "already in its chain",
+        ),
+        ({"a.yaml": "extends: missing.yaml\nname: a\n"}, "config file not found"),
+        ({"a.yaml": "extends: b.yaml\n", "b.yaml": "name: b\n"}, "needs its own name"),
+        ({"a.yaml": "extends: [b.yaml]\nname: a\n"}, "must name one experiment file"),
+        ({"a.yaml": "extends: b.yaml\nname: a\n", "b.yaml": "name: b\ngamas: [1.0]\n"}, "gamas"),
+    ],
+)
+def test_a_bad_extends_is_refused(tmp_path, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_experiment(tmp_path / "a.yaml")
+
+
 def test_a_stage_is_claimed_by_one_worker_at_a_time(tmp_path):
     import subprocess
     import sys
@@ -279,6 +328,11 @@ def test_shipped_experiments_parse_and_plan(name):
         ends = ("internal", "external", "wo-g0.0", "internal-g1", "external-g1")
         mine = {s.dirname for s in stages if s.kind in ("reflect", "build", "train") and s.label in ends}
         assert len(mine) >= 5 and mine <= local
+    if name.endswith("-orb-full"):
+        # only the evaluations are new: the trainings are the seeds run's (`extends` + `reuse`)
+        seeds_run = {s.dirname for s in plan(load_experiment(CONFIGS / f"{Path(exp.reuse[0]).name}.yaml"))}
+        assert {s.dirname for s in stages if s.kind != "eval"} <= seeds_run
+        assert "or-bench-hard" in exp.eval["suites"] and not exp.eval.get("suite_sample")
     if name == "gamma-sweep-qwen":
         # only gamma = 0.5 is new: every other stage has seeds-qwen-quick's key and is copied (`reuse`)
         quick = {s.dirname for s in plan(load_experiment(CONFIGS / "seeds-qwen-quick.yaml"))}
