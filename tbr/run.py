@@ -1034,8 +1034,9 @@ def experiment_values(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[st
         old = merged.get(k)
         if k in SECTIONS and isinstance(old, dict) and isinstance(v, dict):
             # null takes a section key back to the stage's default (as in a JSON merge patch), so the
-            # child's stage values equal those of a file that never set it: the same stage key
-            merged[k] = {sk: sv for sk, sv in {**old, **v}.items() if sv is not None}
+            # child's stage values equal those of a file that never set it: the same stage key (a null
+            # the parent wrote itself is kept as written)
+            merged[k] = {sk: sv for sk, sv in {**old, **v}.items() if not (sk in v and sv is None)}
         else:
             merged[k] = v
     return merged

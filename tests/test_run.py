@@ -159,7 +159,7 @@ def test_bad_experiments_are_refused():
 def test_an_experiment_file_extends_another(tmp_path):
     (tmp_path / "base.yaml").write_text(
         "name: base\nout: runs/base\ndescription: parent\ngammas: [0.0, 0.5, 1.0]\nseeds: [0, 1]\n"
-        "reflect: {n: 150, audit: drop}\neval: {suites: [xstest], batch_size: 32, suite_sample: {xstest: 50}}\n"
+        "reflect: {n: 150, audit: drop}\neval: {suites: [xstest], batch_size: 32, suite_sample: {xstest: 50}, limit: null}\n"
         "general: {tasks: [arc_easy]}\n"
     )
     (tmp_path / "sub").mkdir()
@@ -171,7 +171,7 @@ def test_an_experiment_file_extends_another(tmp_path):
     # a list replaces, a stage section merges key by key (null there goes back to the stage default,
     # as if never set), null at the top level stays null
     assert child.gammas == [0.0, 1.0] and child.seeds == [0, 1] and child.general is None
-    assert child.eval == {"suites": ["xstest", "or-bench-hard"], "batch_size": 32}
+    assert child.eval == {"suites": ["xstest", "or-bench-hard"], "batch_size": 32, "limit": None}
     assert child.reflect == parent.reflect
     # never inherited: the child is its own experiment with its own run directory
     assert (child.name, child.out, child.description) == ("child", None, "")
