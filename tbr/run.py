@@ -1002,7 +1002,7 @@ def _built_safety_n(build_dir: Path) -> int | None:
 # Sections that a file with `extends:` merges key by key into its parent's (a null value there drops
 # the parent's key); every other top-level key it gives replaces the parent's value whole (a list such
 # as gammas, or `general: null`).
-SECTIONS = ("external", "reflect", "build", "train", "eval", "general", "report", "contrast")
+MERGED_SECTIONS = ("external", "reflect", "build", "train", "eval", "general", "report", "contrast")
 # What makes an experiment itself: never inherited, so a child cannot write into its parent's run
 # directory by forgetting `out`.
 OWN_KEYS = ("name", "description", "out")
@@ -1032,7 +1032,7 @@ def experiment_values(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[st
     }
     for k, v in values.items():
         old = merged.get(k)
-        if k in SECTIONS and isinstance(old, dict) and isinstance(v, dict):
+        if k in MERGED_SECTIONS and isinstance(old, dict) and isinstance(v, dict):
             # null takes a section key back to the stage's default (as in a JSON merge patch), so the
             # child's stage values equal those of a file that never set it: the same stage key (a null
             # the parent wrote itself is kept as written)
