@@ -71,7 +71,9 @@ def features(items, model_id: str, layers: list[int], question: str, answer_toke
         for s in range(0, len(order), 16):
             idx = order[s : s + 16]
             res = model(
-                **tok([texts[i] for i in idx], return_tensors="pt", padding=True), output_hidden_states=True
+                **tok([texts[i] for i in idx], return_tensors="pt", padding=True),
+                output_hidden_states=True,
+                logits_to_keep=1,  # the last position's only: all of them over a 152k vocabulary OOM'd at 1.5B
             )
             lp = res.logits[:, -1].float().log_softmax(-1)
             cols = [res.hidden_states[k][:, -1].float() for k in layers]
