@@ -30,7 +30,7 @@ from tbr.judge.agreement import score
 from tbr.judge.base import LABELS, Verdict
 from tbr.judge.learned import rule_features
 from tbr.judge.train import CS, default_completions, fit_head, load_groups
-from tbr.models import load
+from tbr.models import cpu_flags, load
 
 PROMPTS = {
     "question": (
@@ -175,19 +175,9 @@ def main() -> None:
             "rows": len(items),
             "torch": torch.__version__,
             "machine": platform.processor() or platform.machine(),
-            "cpu_flags": sorted(x for x in _flags() if x.startswith(("avx", "amx"))),
+            "cpu_flags": sorted(x for x in cpu_flags() if x.startswith(("avx", "amx"))),
         }
         Path(args.out).write_text(json.dumps({"meta": meta, "binary": table}, indent=1) + "\n")
-
-
-def _flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    return {
-        w for line in text.splitlines() if line.startswith("flags") for w in line.split(":", 1)[1].split()
-    }
 
 
 if __name__ == "__main__":

@@ -294,6 +294,17 @@ def _cpu_flags() -> str:
         return ""
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (avx2, avx512_bf16, amx_bf16, …) from /proc/cpuinfo; empty elsewhere.
+    Benchmarks record them with every timing."""
+    return {
+        w
+        for line in _cpu_flags().splitlines()
+        if line.startswith("flags")
+        for w in line.split(":", 1)[1].split()
+    }
+
+
 def cpu_supports_bf16() -> bool:
     flags = _cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags

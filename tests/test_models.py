@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,14 @@ def test_adapter_without_weights_is_rejected(tmp_path):
 def test_directory_that_is_not_a_checkpoint(tmp_path):
     with pytest.raises(ModelError, match="neither a Hugging Face checkpoint"):
         models.resolve(str(tmp_path))
+
+
+def test_cpu_flags_are_the_flags_line_and_agree_with_the_bf16_check():
+    from tbr.models import cpu_flags, cpu_supports_bf16
+
+    flags = cpu_flags()
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    line = next((x for x in text.splitlines() if x.startswith("flags")), "flags :")
+    assert flags >= set(line.split(":", 1)[1].split())  # every core's line; the first is one of them
+    assert cpu_supports_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
+    assert all(" " not in f and f for f in flags)
