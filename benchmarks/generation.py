@@ -57,7 +57,7 @@ import torch
 from tbr.generate import packed
 from tbr.generate.base import SamplingParams, chat
 from tbr.generate.hf import TransformersBackend
-from tbr.models import cpu_supports_bf16, load
+from tbr.models import cpu_flags, cpu_supports_bf16, load
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -142,18 +142,15 @@ def run_llamacpp(be, convs, max_new):
 
 def cpu_info() -> dict:
     """The CPU model and the vector/matrix flags that decide which dtype is native."""
-    name, flags = platform.processor() or platform.machine(), []
+    name = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name") and name in ("", platform.machine()):
                 name = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = sorted(
-                    f for f in line.split(":", 1)[1].split() if f.startswith(("avx", "fma", "amx"))
-                )
                 break
     except OSError:  # not Linux: the model name from platform is all we have
         pass
+    flags = sorted(f for f in cpu_flags() if f.startswith(("avx", "fma", "amx")))
     return {"cpu": name, "cpu_flags": flags, "native_bf16": cpu_supports_bf16()}
 
 

@@ -43,6 +43,7 @@ from tbr.judge.keyword import KeywordJudge
 from tbr.judge.learned import featurize, verdicts
 from tbr.judge.strmatch import StrmatchJudge
 from tbr.judge.train import CS, default_completions, fit_head, load_groups
+from tbr.models import cpu_flags
 
 VARIANTS = {
     "rules": ("rules",),
@@ -264,7 +265,7 @@ def main() -> None:
     )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "judge.json"))
     args = ap.parse_args()
-    flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n", 1)[0].split()
+    flags = cpu_flags()
     res: dict = {
         "machine": {
             "platform": platform.platform(),

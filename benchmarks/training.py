@@ -91,10 +91,9 @@ CONFIGS: dict[str, tuple[str, dict]] = {
 
 def cpu_flags() -> dict:
     """The flags that decide CPU matmul speed in each dtype (recorded with every timing)."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n", 1)[0].split())
-    except (OSError, IndexError):
-        flags = set()
+    from tbr.models import cpu_flags as tbr_cpu_flags
+
+    flags = tbr_cpu_flags()
     names = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
     return {n: n in flags for n in names}
 

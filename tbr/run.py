@@ -59,8 +59,10 @@ class Experiment:
     sources: list[str] = field(default_factory=lambda: ["internal"])
     evaluate_base: bool = True  # also evaluate the model before fine-tuning
     base_format: str = "chat"  # the untuned model is asked through its own chat template
-    # External reflection endpoint: {api_base, api_model} or {serve: <built-in name>} to start llama.cpp.
-    # Any other key overrides the `reflect` section for the external source only (e.g. audit: keep).
+    # External reflection endpoint: {api_base, api_model} or {serve: <built-in name>} to start llama.cpp,
+    # or {model: <name>} to run a local model with the reflect section's backend (a batched transformers
+    # loop beats a one-request-at-a-time llama.cpp server on CPU). Any other key overrides the `reflect`
+    # section for the external source only (e.g. audit: keep, prompt: figure8).
     external: dict[str, Any] = field(default_factory=dict)
     reflect: dict[str, Any] = field(default_factory=dict)
     build: dict[str, Any] = field(default_factory=dict)
@@ -112,8 +114,12 @@ class Experiment:
             raise ConfigError(f"gammas must lie in [0, 1], got {self.gammas}")
         if any(g > 0 for g in self.gammas) and not self.sources:
             raise ConfigError("a gamma above 0 needs at least one reflection source")
-        if "external" in self.sources and not (self.external.get("api_base") or self.external.get("serve")):
-            raise ConfigError("the external source needs external.api_base (+ api_model) or external.serve")
+        ext = self.external
+        if "external" in self.sources and not (ext.get("api_base") or ext.get("serve") or ext.get("model")):
+            raise ConfigError(
+                "the external source needs external.api_base (+ api_model), external.serve, "
+                "or external.model (a local model, run by the reflect section's backend)"
+            )
         from tbr.reflection import REFLECTION_FORMATS
 
         if bad := [f for f in self.reflection_formats if f not in REFLECTION_FORMATS]:
@@ -180,6 +186,20 @@ class Stage:
 ENDPOINT_KEYS = ("api_base", "api_model", "api_key_env", "serve")
 
 
+def _external_model(ext: dict[str, Any]) -> dict[str, Any]:
+    """The stage values that say which model an external stage asks: its endpoint (always through the
+    openai backend), or else the local `external.model`."""
+    if ext.get("api_base") or ext.get("serve"):
+        values = {k: ext[k] for k in ("api_base", "api_key_env") if k in ext}
+        return {
+            **values,
+            "api_model": ext.get("api_model") or ext.get("serve"),
+            "serve": ext.get("serve"),
+            "backend": "openai",
+        }
+    return {"model": ext["model"]}
+
+
 def coarse_to_fine(values: list[float]) -> list[float]:
     """The ends first, then the middle of each gap: a sweep stopped early still spans its range.
 
@@ -218,9 +238,7 @@ def plan(exp: Experiment) -> list[Stage]:
             if src == "external":
                 ext = exp.external
                 values.update({k: v for k, v in ext.items() if k not in ENDPOINT_KEYS})
-                values.update({k: ext[k] for k in ("api_base", "api_key_env") if k in ext})
-                values.update(api_model=ext.get("api_model") or ext.get("serve"), serve=ext.get("serve"))
-                values["backend"] = "openai"  # external reflections always come from the endpoint
+                values.update(_external_model(ext))
             label = src + (f"-s{seed}" if seed != seeds[0] else "")
             reflections[src, seed] = Stage("reflect", label, values, inputs=category_inputs(values))
         return reflections[src, seed]
@@ -239,10 +257,7 @@ def plan(exp: Experiment) -> list[Stage]:
             values["general_source"] = exp.build.get("general_source", _default("build", "general_source"))
             values["suites"] = exp.eval.get("suites") or _default("eval", "suites")
             if src == "external":
-                ext = exp.external
-                values.update({k: ext[k] for k in ("api_base", "api_key_env") if k in ext})
-                values.update(api_model=ext.get("api_model") or ext.get("serve"), serve=ext.get("serve"))
-                values["backend"] = "openai"
+                values.update(_external_model(exp.external))
             inputs = {**asset_hashes(), **suites.file_hashes(str(x) for x in values["suites"])}
             label = src + (f"-s{seed}" if seed != seeds[0] else "")
             contrasts[seed] = Stage("contrast", label, values, inputs=inputs)

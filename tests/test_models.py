@@ -35,9 +35,13 @@ def test_unreachable_hub_id_is_a_model_error(monkeypatch):
         models.resolve("no-such-org/no-such-model")
 
 
-def test_list_builtins_covers_both_models():
+def test_list_builtins_covers_every_model():
     rows = {r["name"]: r for r in models.list_builtins()}
-    assert set(rows) == {"smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"}
+    assert set(rows) == {
+        "smollm2-135m-instruct",
+        "qwen2.5-coder-0.5b-instruct",
+        "qwen2.5-coder-1.5b-instruct",
+    }
     assert rows["smollm2-135m-instruct"]["default"] and rows["smollm2-135m-instruct"]["installed"]
 
 

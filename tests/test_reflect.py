@@ -155,8 +155,13 @@ def test_config_errors():
         build_config(ReflectConfig, {"source": "gpt4"})
     with pytest.raises(ConfigError, match="refusal text is empty"):
         build_config(ReflectConfig, {"refusal": " "})
+    with pytest.raises(ConfigError, match="is not one of"):
+        build_config(ReflectConfig, {"prompt": "figure10"})
     assert ReflectConfig(source="internal").new_tokens == 64
     assert ReflectConfig(source="external").new_tokens == 160
+    # `prompt` picks the figure for either source; the token budget follows the figure
+    assert ReflectConfig(source="external", prompt="figure8").new_tokens == 64
+    assert ReflectConfig(source="internal", prompt="figure9").figure == "figure9"
 
 
 def test_llm_categorizer_needs_endpoint(tmp_path):
@@ -259,3 +264,33 @@ def test_external_reflections_against_real_server(openai_server, tmp_path, caplo
     assert "3/3 items already done" in caplog.text
     kept = _rows(tmp_path / "reflections.jsonl")
     assert [r["kept"] for r in kept] == [bool(r["reflection"]) for r in kept]
+
+
+@pytest.mark.slow
+def test_figure_8_on_an_external_server(openai_server, tmp_path):
+    """prompt: figure8 sends the internal five-shot prompt to the endpoint as a raw completion, and its
+    answer is split by the internal rule (first line), not searched for a refusal."""
+    cfg = ReflectConfig(
+        source="external",
+        prompt="figure8",
+        safety_source="demo-safety",
+        n=2,
+        api_base=openai_server.base_url,
+        api_model=openai_server.model,
+        max_concurrency=1,
+        out=str(tmp_path),
+    )
+    reflect(cfg)
+    gens = _rows(tmp_path / "generations.jsonl")
+    rows = {r["id"]: r for r in _rows(tmp_path / "reflections.jsonl")}
+    assert len(gens) == len(rows) == 2
+    for g in gens:
+        assert g["format"] == "raw" and g["backend"] == "openai"
+        assert g["messages"][0]["content"].startswith(INTERNAL_REFLECTION_FEWSHOT.split("{input}")[0])
+        r = rows[g["id"]]
+        assert r["raw"] == g["response"] and r["reflection"] == first_line(g["response"])
+        assert "split" not in r  # no refusal search: the answer holds only the reflection
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["prompt"].startswith("Figure 8") and manifest["extraction_rule"].startswith("stop at")
+    assert manifest["decoding"]["stop"] == INTERNAL_STOP and manifest["decoding"]["max_new_tokens"] == 64
+    assert manifest["config"]["source"] == "external" and manifest["config"]["prompt"] == "figure8"

@@ -90,6 +90,23 @@ def test_external_overrides_apply_to_the_external_source_only():
     assert "serve" not in refl["internal"]
 
 
+def test_a_local_external_model_runs_on_the_reflect_backend():
+    exp = _exp(
+        sources=["internal", "external"],
+        external={"model": "qwen2.5-coder-1.5b-instruct", "prompt": "figure8"},
+    )
+    stages = plan(exp)
+    refl = {s.label: s.values for s in stages if s.kind == "reflect"}
+    assert (
+        refl["external"]["model"] == "qwen2.5-coder-1.5b-instruct" and refl["external"]["prompt"] == "figure8"
+    )
+    assert not {"backend", "api_base", "api_model", "serve"} & set(refl["external"])
+    assert refl["internal"]["model"] == exp.model and "prompt" not in refl["internal"]
+    # the trained model stays the experiment's model: only the reflections come from the 1.5B
+    trains = {s.label: s.values for s in stages if s.kind == "train"}
+    assert trains["external-g1"]["model"] == trains["internal-g1"]["model"] == exp.model
+
+
 def test_only_selects_an_arm_and_what_it_reads():
     stages = plan(_exp(sources=["internal", "external"], gammas=[0.0, 1.0]))
     ext = select(stages, ["external-g1"])
