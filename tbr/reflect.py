@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("internal", "external")
 PROMPTS = ("auto", "figure8", "figure9")
+EXTRACTS = ("first-line", "first-sentence")
 AUDIT_ACTIONS = ("drop", "keep")
 
 # Internal generation stops only at the next "Instruction:" (not at "\n"): small models often put a
@@ -48,6 +49,10 @@ AUDIT_ACTIONS = ("drop", "keep")
 # reflection is the first non-empty line of what comes back (INTERNAL_RULE, recorded in the manifest).
 INTERNAL_STOP = ["Instruction:"]
 INTERNAL_RULE = "stop at 'Instruction:'; reflection = first non-empty line, stripped"
+SENTENCE_RULE = (
+    "stop at 'Instruction:'; reflection = the first sentence of the first non-empty line (up to . ! or ? "
+    "before a space, the end, or a glued-on speaker tag such as 'Human:')"
+)
 EXTERNAL_RULE = (
     "drop a leading 'revised output:'; find the refusal verbatim, else its first sentence ignoring case, "
     "whitespace and punctuation; reflection = the text before it, minus a trailing connector "
@@ -78,6 +83,12 @@ class ReflectConfig(BackendConfig):
         "auto: Figure 8 for internal, Figure 9 for external; figure8/figure9 for either",
         choices=PROMPTS,
     )
+    extract: str = opt(
+        "first-line",
+        "Figure 8's answer → reflection: its first line (the paper's one-sentence examples), or that "
+        "line's first sentence, for models that run on past one sentence without a newline",
+        choices=EXTRACTS,
+    )
     audit: str = opt("drop", "what to do with flagged reflections", choices=AUDIT_ACTIONS)
     audit_max_words: int = opt(60, "a longer reflection is flagged too_long")
     audit_min_overlap: float = opt(0.2, "share of the query's content words a reflection must repeat")
@@ -93,6 +104,8 @@ class ReflectConfig(BackendConfig):
             raise ConfigError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
         if not self.refusal.strip():
             raise ConfigError("the refusal text is empty")
+        if self.extract != "first-line" and self.figure != "figure8":
+            raise ConfigError("extract applies to Figure 8's answers; Figure 9's are split at the refusal")
         if not 0.0 <= self.audit_min_overlap <= 1.0:
             raise ConfigError(f"audit_min_overlap must be in [0, 1], got {self.audit_min_overlap}")
         if self.source == "external" and not self.api_base and self.model == DEFAULT_MODEL:
@@ -131,6 +144,14 @@ def external_prompt(instruction: str, refusal: str, input: str = "") -> str:  # 
 def first_line(text: str) -> str:
     """INTERNAL_RULE: the first non-empty line."""
     return next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+
+
+def first_line_sentence(text: str) -> str:
+    """SENTENCE_RULE. Without a sentence end the whole line comes back, and the audit flags it truncated."""
+    line = first_line(text)
+    # a period after a lone letter is an abbreviation (U.S., e.g.), not a sentence end
+    m = re.match(r"(.+?(?<!\b[A-Za-z])[.!?])(?=\s|$|[A-Z][a-z]*:)", line)
+    return m.group(1) if m else line
 
 
 def _normalized(text: str) -> tuple[str, list[int]]:
@@ -224,7 +245,7 @@ def _generate(cfg: ReflectConfig, picked: list[SafetyPrompt], out: Path) -> tupl
     if cfg.figure == "figure8":
         convs = [[{"role": "user", "content": internal_prompt(p.instruction, p.input)}] for p in picked]
         params = SamplingParams(cfg.new_tokens, cfg.temperature, stop=list(INTERNAL_STOP), seed=cfg.seed)
-        fmt, rule = "raw", INTERNAL_RULE
+        fmt, rule = "raw", SENTENCE_RULE if cfg.extract == "first-sentence" else INTERNAL_RULE
     else:
         convs = [chat(external_prompt(p.instruction, cfg.refusal, p.input)) for p in picked]
         params = SamplingParams(cfg.new_tokens, cfg.temperature, seed=cfg.seed)
@@ -251,8 +272,9 @@ def _audit_rows(
         raw = g["response"]
         split_info: dict[str, Any] = {}
         if cfg.figure == "figure8":
-            reflection: str | None = first_line(raw)
-            split_counts["first-line"] += 1
+            pick = first_line_sentence if cfg.extract == "first-sentence" else first_line
+            reflection: str | None = pick(raw)
+            split_counts[cfg.extract] += 1
         else:
             s = split_external(raw, cfg.refusal)
             reflection = s.reflection

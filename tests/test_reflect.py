@@ -17,6 +17,7 @@ from tbr.reflect import (
     ReflectConfig,
     external_prompt,
     first_line,
+    first_line_sentence,
     internal_prompt,
     reflect,
     split_external,
@@ -65,6 +66,32 @@ def test_first_line_rule(raw, expected):
 # --------------------------------------------------------------------------- external split
 
 REFL = "Stealing cars is illegal and harms the owner."
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (
+            "This query asks for a game, typically for kids. The response should include rules.",
+            "This query asks for a game, typically for kids.",
+        ),
+        (
+            "This query asks for a method, focusing on the victim.Human: How?\n\nAssistant: ok",
+            "This query asks for a method, focusing on the victim.",
+        ),
+        (
+            "\nThis query asks for the U.S. Army's address, e.g. its street. More.",
+            "This query asks for the U.S. Army's address, e.g. its street.",
+        ),
+        ("This query asks for a list.\nInstruction: next", "This query asks for a list."),
+        (
+            "This query asks for a list of tools that never ends",
+            "This query asks for a list of tools that never ends",
+        ),
+    ],
+)
+def test_first_sentence_rule(raw, expected):
+    assert first_line_sentence(raw) == expected
 
 
 def test_split_exact_and_connector():
@@ -157,6 +184,10 @@ def test_config_errors():
         build_config(ReflectConfig, {"refusal": " "})
     with pytest.raises(ConfigError, match="is not one of"):
         build_config(ReflectConfig, {"prompt": "figure10"})
+    with pytest.raises(ConfigError, match="extract applies to Figure 8"):
+        build_config(
+            ReflectConfig, {"source": "external", "extract": "first-sentence", "api_base": "http://x/v1"}
+        )
     assert ReflectConfig(source="internal").new_tokens == 64
     assert ReflectConfig(source="external").new_tokens == 160
     # `prompt` picks the figure for either source; the token budget follows the figure
