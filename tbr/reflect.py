@@ -51,7 +51,7 @@ INTERNAL_STOP = ["Instruction:"]
 INTERNAL_RULE = "stop at 'Instruction:'; reflection = first non-empty line, stripped"
 SENTENCE_RULE = (
     "stop at 'Instruction:'; reflection = the first sentence of the first non-empty line (up to . ! or ? "
-    "before a space, the end, or a glued-on speaker tag such as 'Human:')"
+    "before a space, the end, or a glued-on speaker tag such as 'Human:'; not after a lone letter: U.S.)"
 )
 EXTERNAL_RULE = (
     "drop a leading 'revised output:'; find the refusal verbatim, else its first sentence ignoring case, "
