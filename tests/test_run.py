@@ -94,8 +94,12 @@ def test_a_local_external_model_runs_on_the_reflect_backend():
     exp = _exp(
         sources=["internal", "external"],
         external={"model": "qwen2.5-coder-1.5b-instruct", "prompt": "figure8"},
+        contrast={"n": 4, "source": "external"},
     )
     stages = plan(exp)
+    # an external contrast pool asks the same local model, not the trained one
+    (cx,) = [s.values for s in stages if s.kind == "contrast"]
+    assert cx["model"] == "qwen2.5-coder-1.5b-instruct" and "backend" not in cx and "prompt" not in cx
     refl = {s.label: s.values for s in stages if s.kind == "reflect"}
     assert (
         refl["external"]["model"] == "qwen2.5-coder-1.5b-instruct" and refl["external"]["prompt"] == "figure8"
